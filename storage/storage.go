@@ -1,0 +1,373 @@
+// Package storage is Mandate's storage contract: the records it keeps and one interface per
+// aggregate. Backends (storage/sqlite, storage/postgres) implement it and prove it with the
+// conformance suite in storage/storagetest.
+//
+// This package is a leaf: it imports nothing of the project and no driver. Times handed to a
+// backend come back in UTC with microsecond precision (the precision both backends share).
+package storage
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+var (
+	// ErrNotFound: the record asked for does not exist.
+	ErrNotFound = errors.New("storage: not found")
+	// ErrConflict: the write would break a uniqueness rule (an id already taken, a replay mark
+	// already set, a grant already revoked).
+	ErrConflict = errors.New("storage: conflict")
+)
+
+// Store is a whole backend. A Store returned to the function given to InTx is bound to that
+// transaction; everything done through it commits or rolls back together.
+type Store interface {
+	ClientStore
+	AudienceStore
+	GrantStore
+	KeyStore
+	ReplayStore
+	TokenStore
+	AuditStore
+
+	// InTx runs fn in one transaction. fn's error rolls it back and is returned as is.
+	// Transactions do not nest: calling InTx on a Store handed to fn runs fn in the same
+	// transaction.
+	InTx(ctx context.Context, fn func(tx Store) error) error
+
+	// RecordIssuance commits everything a granted token needs in one transaction: the replay
+	// mark(s) (ErrConflict when one is already set and live), the issued-token record and the
+	// audit record. When GrantID is set, the grant must still be unrevoked at commit time, or
+	// the call fails with ErrConflict and nothing is written. Backends do this in as few
+	// round trips as they can; it is the token endpoint's hot path.
+	RecordIssuance(ctx context.Context, iss Issuance) error
+
+	// Ping reports whether the backend answers.
+	Ping(ctx context.Context) error
+	// Close releases the backend's resources.
+	Close() error
+}
+
+// Issuance is what RecordIssuance writes.
+type Issuance struct {
+	Replay  []ReplayMark // may be empty (client_credentials)
+	GrantID string       // when set, re-checked for revocation inside the transaction
+	Token   IssuedToken
+	Audit   AuditRecord
+}
+
+// Page asks for one page of a list. Limit <= 0 means the backend's default (50); backends cap
+// it at 500. Cursor is the NextCursor of the previous page, opaque to callers.
+type Page struct {
+	Limit  int
+	Cursor string
+}
+
+// DefaultPageLimit and MaxPageLimit bound list pages.
+const (
+	DefaultPageLimit = 50
+	MaxPageLimit     = 500
+)
+
+// EffectiveLimit resolves p.Limit against the defaults.
+func (p Page) EffectiveLimit() int {
+	switch {
+	case p.Limit <= 0:
+		return DefaultPageLimit
+	case p.Limit > MaxPageLimit:
+		return MaxPageLimit
+	}
+	return p.Limit
+}
+
+// ErrBadCursor is returned by list calls given a cursor they did not produce.
+var ErrBadCursor = errors.New("storage: bad cursor")
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+// Client is a registered OAuth client of Mandate: an MCP server or an admin/service client.
+type Client struct {
+	ID                      string
+	Name                    string
+	TokenEndpointAuthMethod string // client_secret_basic | client_secret_post | private_key_jwt
+	// SecretHash is the keyed hash of the current secret (never the secret).
+	SecretHash []byte
+	// PreviousSecretHash still authenticates until PreviousSecretExpiresAt (rotation grace).
+	PreviousSecretHash      []byte
+	PreviousSecretExpiresAt time.Time
+	JWKS                    []byte // an inline JWK Set (JSON), or nil
+	JWKSURI                 string
+	GrantTypes              []string
+	AllowedTenants          []string
+	AllowedAudiences        []string
+	AllowedScopes           []string
+	AllowedModes            []string
+	MaxEnvelopeLifetime     time.Duration // 0: the default
+	MaxTokenTTL             time.Duration // 0: no client limit
+	Disabled                bool
+	CreatedAt               time.Time
+	UpdatedAt               time.Time
+}
+
+// ClientStore keeps clients.
+type ClientStore interface {
+	// CreateClient stores c; ErrConflict when the id is taken.
+	CreateClient(ctx context.Context, c *Client) error
+	GetClient(ctx context.Context, id string) (*Client, error)
+	ListClients(ctx context.Context, p Page) (items []Client, next string, err error)
+	// UpdateClient loads the client, calls fn with it inside the transaction, and stores what
+	// fn left (UpdatedAt is set by the caller). fn's error aborts and is returned.
+	UpdateClient(ctx context.Context, id string, fn func(*Client) error) (*Client, error)
+	DeleteClient(ctx context.Context, id string) error
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audiences
+
+// Audience is a registered downstream API.
+type Audience struct {
+	ID           string // the token's aud value
+	Name         string
+	ResourceURIs []string // RFC 8707 resource indicators naming this audience
+	Scopes       []string
+	AllowedModes []string
+	TokenTTL     time.Duration // 0: the default
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// AudienceStore keeps audiences.
+type AudienceStore interface {
+	// CreateAudience stores a; ErrConflict when the id or one of its resource URIs is taken.
+	CreateAudience(ctx context.Context, a *Audience) error
+	GetAudience(ctx context.Context, id string) (*Audience, error)
+	// GetAudienceByResource finds the audience that registered uri (exact match).
+	GetAudienceByResource(ctx context.Context, uri string) (*Audience, error)
+	ListAudiences(ctx context.Context, p Page) (items []Audience, next string, err error)
+	UpdateAudience(ctx context.Context, id string, fn func(*Audience) error) (*Audience, error)
+	DeleteAudience(ctx context.Context, id string) error
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delegation grants
+
+// AnySubject in Grant.Subject covers every user of the tenant.
+const AnySubject = "*"
+
+// Grant status values, as the admin API filters them.
+const (
+	GrantActive  = "active"
+	GrantRevoked = "revoked"
+	GrantExpired = "expired"
+)
+
+// Grant lets, in Tenant, Subject (or every user) let ClientID (optionally only AgentID) reach
+// Audiences with Scopes in Modes between NotBefore and ExpiresAt.
+type Grant struct {
+	ID           string
+	Tenant       string
+	Subject      string
+	ClientID     string
+	AgentID      string // "": any agent
+	Audiences    []string
+	Scopes       []string
+	Modes        []string
+	NotBefore    time.Time
+	ExpiresAt    time.Time
+	CreatedBy    string
+	CreatedAt    time.Time
+	RevokedAt    time.Time // zero: not revoked
+	RevokedBy    string
+	RevokeReason string
+}
+
+// Status is the grant's status at now.
+func (g *Grant) Status(now time.Time) string {
+	switch {
+	case !g.RevokedAt.IsZero():
+		return GrantRevoked
+	case !now.Before(g.ExpiresAt):
+		return GrantExpired
+	}
+	return GrantActive
+}
+
+// GrantFilter narrows ListGrants; empty fields do not filter. Status is evaluated at Now
+// (GrantActive includes grants whose not_before is still ahead).
+type GrantFilter struct {
+	Tenant   string
+	Subject  string
+	ClientID string
+	Audience string
+	Status   string
+	Now      time.Time
+	Page
+}
+
+// GrantQuery asks which grants are in force for one exchange.
+type GrantQuery struct {
+	Tenant   string
+	Subject  string // the user; grants with Subject "*" match too
+	ClientID string
+	AgentID  string // grants with an empty AgentID match any agent
+	Now      time.Time
+}
+
+// GrantStore keeps delegation grants. Grants are never edited; they are revoked.
+type GrantStore interface {
+	CreateGrant(ctx context.Context, g *Grant) error
+	GetGrant(ctx context.Context, id string) (*Grant, error)
+	ListGrants(ctx context.Context, f GrantFilter) (items []Grant, next string, err error)
+	// RevokeGrant marks the grant revoked at `at`. ErrConflict when it already is; ErrNotFound
+	// when there is no such grant.
+	RevokeGrant(ctx context.Context, id, by, reason string, at time.Time) (*Grant, error)
+	// FindActiveGrants returns every grant in force for q: not revoked, NotBefore <= Now <
+	// ExpiresAt, tenant and client equal, subject equal or "*", agent equal or unset.
+	FindActiveGrants(ctx context.Context, q GrantQuery) ([]Grant, error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signing keys
+
+// Key status values.
+const (
+	KeyNext    = "next"
+	KeyActive  = "active"
+	KeyRetired = "retired"
+)
+
+// SigningKey is one of Mandate's own signing keys. The private key is stored only encrypted.
+type SigningKey struct {
+	KID                 string
+	Alg                 string // ES256 | EdDSA
+	Status              string // next | active | retired
+	PublicJWK           []byte // the public key as a JWK (JSON)
+	EncryptedPrivateKey []byte // sealed by package keys; never the raw key
+	CreatedAt           time.Time
+	ActivatesAt         time.Time // when it starts signing (published from CreatedAt)
+	RetiredAt           time.Time // zero until retired
+	RemoveAt            time.Time // zero until retired: unpublished from then on
+}
+
+// KeyStore keeps signing keys.
+type KeyStore interface {
+	// CreateKey stores k; ErrConflict when the kid is taken.
+	CreateKey(ctx context.Context, k *SigningKey) error
+	// ListKeys returns every stored key, oldest first.
+	ListKeys(ctx context.Context) ([]SigningKey, error)
+	UpdateKey(ctx context.Context, kid string, fn func(*SigningKey) error) (*SigningKey, error)
+	DeleteKey(ctx context.Context, kid string) error
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay marks
+
+// ReplayMark records that a one-time value (an envelope jti for an audience, a client
+// assertion jti) has been used. It is kept until ExpiresAt, after which the value it guards
+// is rejected for having expired anyway.
+type ReplayMark struct {
+	Key       string // namespaced by the caller, e.g. "eie|client|jti|audience"
+	ExpiresAt time.Time
+}
+
+// ReplayStore keeps replay marks.
+type ReplayStore interface {
+	// MarkUsed sets the mark. ErrConflict when a mark with that key exists and has not
+	// expired at now; an expired mark is replaced. Exactly one of any number of concurrent
+	// callers with the same key succeeds.
+	MarkUsed(ctx context.Context, m ReplayMark, now time.Time) error
+	// DeleteExpiredReplayMarks removes the marks that expired before now and says how many.
+	DeleteExpiredReplayMarks(ctx context.Context, now time.Time) (int64, error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issued tokens
+
+// IssuedToken is what introspection and revocation need to know about a token Mandate issued;
+// the claims themselves live in the signed token.
+type IssuedToken struct {
+	JTI       string
+	ClientID  string
+	Subject   string
+	Audience  string
+	GrantID   string // "" when no grant was used
+	IssuedAt  time.Time
+	ExpiresAt time.Time
+	RevokedAt time.Time // zero: not revoked
+}
+
+// TokenState is an issued token joined with the state of its grant.
+type TokenState struct {
+	IssuedToken
+	GrantRevokedAt time.Time // zero when the grant is not revoked or there is none
+}
+
+// TokenStore keeps issued-token records.
+type TokenStore interface {
+	// GetTokenState returns the record and its grant's revocation state in one read.
+	GetTokenState(ctx context.Context, jti string) (*TokenState, error)
+	// RevokeToken marks the token revoked at `at` (a no-op when it already is).
+	RevokeToken(ctx context.Context, jti string, at time.Time) error
+	// DeleteExpiredTokens removes records of tokens that expired before now.
+	DeleteExpiredTokens(ctx context.Context, now time.Time) (int64, error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit
+
+// Audit outcomes.
+const (
+	OutcomeGranted = "granted"
+	OutcomeDenied  = "denied"
+	OutcomeError   = "error"
+)
+
+// AuditRecord is one decision or admin change.
+type AuditRecord struct {
+	ID              string
+	Time            time.Time
+	Event           string // token_exchange | client_credentials | revoke | introspect | admin.*
+	Outcome         string // granted | denied | error
+	Reason          string // a stable reason code
+	ClientID        string
+	AgentID         string
+	ActorSub        string
+	Tenant          string
+	DelegationMode  string
+	TraceID         string
+	SessionID       string
+	Audience        string
+	RequestedScopes []string
+	GrantedScopes   []string
+	EnvelopeJTI     string
+	TokenJTI        string
+	GrantID         string
+	RemoteAddr      string
+	// Detail is free-form JSON for admin events: what changed, which ids.
+	Detail []byte
+}
+
+// AuditFilter narrows ListAudit; empty fields do not filter. Since is inclusive, Until
+// exclusive.
+type AuditFilter struct {
+	Since    time.Time
+	Until    time.Time
+	Event    string
+	Outcome  string
+	ClientID string
+	ActorSub string
+	AgentID  string
+	Tenant   string
+	Audience string
+	TraceID  string
+	Page
+}
+
+// AuditStore keeps the audit log. Records are only appended.
+type AuditStore interface {
+	AppendAudit(ctx context.Context, r *AuditRecord) error
+	// ListAudit returns records newest first (by Time, then ID).
+	ListAudit(ctx context.Context, f AuditFilter) (items []AuditRecord, next string, err error)
+}
