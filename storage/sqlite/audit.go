@@ -1,0 +1,98 @@
+package sqlite
+
+import (
+	"context"
+	"strconv"
+	"strings"
+
+	"github.com/mandatehq/mandate/storage"
+)
+
+const auditCols = `id, time, event, outcome, reason, client_id, agent_id, actor_sub, tenant,
+	delegation_mode, trace_id, session_id, audience, requested_scopes, granted_scopes,
+	envelope_jti, token_jti, grant_id, remote_addr, detail`
+
+func scanAudit(r rowScanner) (*storage.AuditRecord, error) {
+	var a storage.AuditRecord
+	err := r.Scan(&a.ID, timeCol{&a.Time}, &a.Event, &a.Outcome, &a.Reason, &a.ClientID,
+		&a.AgentID, &a.ActorSub, &a.Tenant, &a.DelegationMode, &a.TraceID, &a.SessionID,
+		&a.Audience, listCol{&a.RequestedScopes}, listCol{&a.GrantedScopes}, &a.EnvelopeJTI,
+		&a.TokenJTI, &a.GrantID, &a.RemoteAddr, bytesCol{&a.Detail})
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	return &a, nil
+}
+
+// AppendAudit implements storage.AuditStore.
+func (s *Store) AppendAudit(ctx context.Context, r *storage.AuditRecord) error {
+	_, err := s.writer().ExecContext(ctx, insertAudit, auditArgs(r)...)
+	return mapErr(err)
+}
+
+const insertAudit = `INSERT INTO audit_log (` + auditCols + `)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+func auditArgs(r *storage.AuditRecord) []any {
+	return []any{r.ID, micros(r.Time), r.Event, r.Outcome, r.Reason, r.ClientID, r.AgentID,
+		r.ActorSub, r.Tenant, r.DelegationMode, r.TraceID, r.SessionID, r.Audience,
+		list(r.RequestedScopes), list(r.GrantedScopes), r.EnvelopeJTI, r.TokenJTI, r.GrantID,
+		r.RemoteAddr, nullText(r.Detail)}
+}
+
+// ListAudit implements storage.AuditStore: newest first by (time, id).
+func (s *Store) ListAudit(ctx context.Context, f storage.AuditFilter) ([]storage.AuditRecord, string, error) {
+	var where []string
+	var args []any
+	if f.Cursor != "" {
+		key, err := decodeCursor("audit", f.Cursor, 2)
+		if err != nil {
+			return nil, "", err
+		}
+		t, err := strconv.ParseInt(key[0], 10, 64)
+		if err != nil {
+			return nil, "", storage.ErrBadCursor
+		}
+		where = append(where, "(time, id) < (?, ?)")
+		args = append(args, t, key[1])
+	}
+	if !f.Since.IsZero() {
+		where = append(where, "time >= ?")
+		args = append(args, micros(f.Since))
+	}
+	if !f.Until.IsZero() {
+		where = append(where, "time < ?")
+		args = append(args, micros(f.Until))
+	}
+	for _, c := range []struct{ col, v string }{
+		{"event", f.Event}, {"outcome", f.Outcome}, {"client_id", f.ClientID},
+		{"actor_sub", f.ActorSub}, {"agent_id", f.AgentID}, {"tenant", f.Tenant},
+		{"audience", f.Audience}, {"trace_id", f.TraceID},
+	} {
+		if c.v != "" {
+			where = append(where, c.col+" = ?")
+			args = append(args, c.v)
+		}
+	}
+	query := `SELECT ` + auditCols + ` FROM audit_log`
+	if len(where) > 0 {
+		query += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	limit := f.EffectiveLimit()
+	args = append(args, limit+1)
+	rows, err := s.reader().QueryContext(ctx, query+` ORDER BY time DESC, id DESC LIMIT ?`, args...)
+	if err != nil {
+		return nil, "", mapErr(err)
+	}
+	items, err := collect(rows, scanAudit)
+	if err != nil {
+		return nil, "", err
+	}
+	var next string
+	if len(items) > limit {
+		items = items[:limit]
+		last := items[limit-1]
+		next = encodeCursor("audit", strconv.FormatInt(micros(last.Time), 10), last.ID)
+	}
+	return items, next, nil
+}

@@ -1,0 +1,148 @@
+package storagetest
+
+import (
+	"cmp"
+
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/mandatehq/mandate/storage"
+)
+
+var auditCases = []testCase{
+	{"ListFilters", testAuditFilters},
+	{"ListPagination", testAuditPagination},
+	{"FullRecordRoundTrip", testAuditRoundTrip},
+}
+
+func makeAudit(id string, at time.Time, event, outcome, client, actor, agent, tenant, aud, trace string) *storage.AuditRecord {
+	return &storage.AuditRecord{
+		ID: id, Time: at, Event: event, Outcome: outcome, ClientID: client, ActorSub: actor,
+		AgentID: agent, Tenant: tenant, Audience: aud, TraceID: trace,
+	}
+}
+
+func testAuditFilters(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	base := testNow().Truncate(time.Second)
+	at := func(sec int) time.Time { return base.Add(time.Duration(sec) * time.Second) }
+	records := []*storage.AuditRecord{
+		makeAudit("evt_1", at(1), "token_exchange", "granted", "cli_1", "alice", "ag_1", "t1", "api1", "tr_1"),
+		makeAudit("evt_2", at(2), "token_exchange", "denied", "cli_1", "bob", "ag_2", "t1", "api2", "tr_2"),
+		makeAudit("evt_3", at(3), "client_credentials", "granted", "cli_2", "", "", "t2", "api1", "tr_3"),
+		// Same time as evt_3: the id breaks the tie, newest (greatest) id first.
+		makeAudit("evt_4", at(3), "revoke", "granted", "cli_2", "alice", "ag_1", "t2", "api3", "tr_3"),
+		makeAudit("evt_5", at(4), "admin.client.create", "granted", "admin", "admin_sub", "", "", "", "tr_4"),
+		makeAudit("evt_6", at(5), "token_exchange", "error", "cli_1", "alice", "ag_1", "t1", "api1", "tr_5"),
+	}
+	for _, i := range []int{3, 0, 5, 1, 4, 2} { // not in time order
+		mustDo(t, s.AppendAudit(ctx, records[i]), "AppendAudit "+records[i].ID)
+	}
+	cases := []struct {
+		name string
+		f    storage.AuditFilter
+		want []string
+	}{
+		{"no filter, newest first", storage.AuditFilter{}, []string{"evt_6", "evt_5", "evt_4", "evt_3", "evt_2", "evt_1"}},
+		{"event", storage.AuditFilter{Event: "token_exchange"}, []string{"evt_6", "evt_2", "evt_1"}},
+		{"outcome", storage.AuditFilter{Outcome: "granted"}, []string{"evt_5", "evt_4", "evt_3", "evt_1"}},
+		{"client", storage.AuditFilter{ClientID: "cli_1"}, []string{"evt_6", "evt_2", "evt_1"}},
+		{"actor", storage.AuditFilter{ActorSub: "alice"}, []string{"evt_6", "evt_4", "evt_1"}},
+		{"agent", storage.AuditFilter{AgentID: "ag_2"}, []string{"evt_2"}},
+		{"tenant", storage.AuditFilter{Tenant: "t2"}, []string{"evt_4", "evt_3"}},
+		{"audience", storage.AuditFilter{Audience: "api1"}, []string{"evt_6", "evt_3", "evt_1"}},
+		{"trace", storage.AuditFilter{TraceID: "tr_3"}, []string{"evt_4", "evt_3"}},
+		{"since is inclusive", storage.AuditFilter{Since: at(3).In(zone)}, []string{"evt_6", "evt_5", "evt_4", "evt_3"}},
+		{"until is exclusive", storage.AuditFilter{Until: at(3).In(zone)}, []string{"evt_2", "evt_1"}},
+		{"since and until", storage.AuditFilter{Since: at(2), Until: at(4)}, []string{"evt_4", "evt_3", "evt_2"}},
+		{"since a microsecond after", storage.AuditFilter{Since: at(4).Add(time.Microsecond)}, []string{"evt_6"}},
+		{"event and actor", storage.AuditFilter{Event: "token_exchange", ActorSub: "alice"}, []string{"evt_6", "evt_1"}},
+		{"nothing matches", storage.AuditFilter{Outcome: "denied", Tenant: "t2"}, nil},
+	}
+	for _, c := range cases {
+		items, next, err := s.ListAudit(ctx, c.f)
+		if err != nil {
+			t.Errorf("ListAudit %s: %v", c.name, err)
+			continue
+		}
+		wantIDs(t, "ListAudit "+c.name, auditIDs(items), c.want)
+		if next != "" {
+			t.Errorf("ListAudit %s: next cursor %q on a page that is not full", c.name, next)
+		}
+	}
+}
+
+func testAuditPagination(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	base := testNow()
+	// Ties in time across page boundaries: the cursor must carry the id as well.
+	offsets := map[string]time.Duration{
+		"evt_a": 0, "evt_b": 0, "evt_c": time.Second, "evt_d": time.Second,
+		"evt_e": time.Second, "evt_f": 2 * time.Second, "evt_g": 3 * time.Second,
+	}
+	var mine []*storage.AuditRecord
+	for _, id := range shuffled([]string{"evt_a", "evt_b", "evt_c", "evt_d", "evt_e", "evt_f", "evt_g"}) {
+		r := makeAudit(id, base.Add(offsets[id]), "token_exchange", "granted", "cli_1", "alice", "", "t1", "api1", "")
+		mine = append(mine, r)
+		mustDo(t, s.AppendAudit(ctx, r), "AppendAudit "+id)
+		// Another client's record at the same time, interleaved: the filter composes with
+		// the cursor.
+		noise := makeAudit(id+"_other", r.Time, "token_exchange", "granted", "cli_2", "bob", "", "t1", "api1", "")
+		mustDo(t, s.AppendAudit(ctx, noise), "AppendAudit "+noise.ID)
+	}
+	slices.SortFunc(mine, func(a, b *storage.AuditRecord) int {
+		return cmp.Or(b.Time.Compare(a.Time), cmp.Compare(b.ID, a.ID))
+	})
+	var want []string
+	for _, r := range mine {
+		want = append(want, r.ID)
+	}
+	list := func(p storage.Page) ([]storage.AuditRecord, string, error) {
+		return s.ListAudit(ctx, storage.AuditFilter{ClientID: "cli_1", Page: p})
+	}
+	checkWalk(t, "ListAudit client=cli_1", list, func(r storage.AuditRecord) string { return r.ID }, want)
+	checkBadCursors(t, "ListAudit", list)
+
+	// Unfiltered, all 14 in pages of 5: 5, 5, 4.
+	keys, sizes := walk(t, "ListAudit", 5, func(p storage.Page) ([]storage.AuditRecord, string, error) {
+		return s.ListAudit(ctx, storage.AuditFilter{Page: p})
+	}, func(r storage.AuditRecord) string { return r.ID })
+	if len(keys) != 14 || !slices.Equal(sizes, []int{5, 5, 4}) {
+		t.Errorf("ListAudit of 14 in pages of 5: %d records in pages %v, want 14 in [5 5 4]", len(keys), sizes)
+	}
+}
+
+func testAuditRoundTrip(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	full := &storage.AuditRecord{
+		ID: "evt_full", Time: now, Event: "admin.client.update", Outcome: storage.OutcomeGranted,
+		Reason: "ok", ClientID: "admin_cli", AgentID: "agent_1", ActorSub: "admin_sub",
+		Tenant: "acme", DelegationMode: "service_identity", TraceID: "trace_full",
+		SessionID: "sess_1", Audience: "orders_api",
+		RequestedScopes: []string{"clients:write", "clients:read"},
+		GrantedScopes:   []string{"clients:write"}, EnvelopeJTI: "env_1", TokenJTI: "jti_1",
+		GrantID: "grt_1", RemoteAddr: "[2001:db8::1]:443",
+		Detail: []byte(`{"client_id": "cli_1", "changed": ["name", "allowed_scopes"], "nested": {"n": 1, "ok": true}}`),
+	}
+	bare := &storage.AuditRecord{ID: "evt_bare", Time: now.Add(-time.Second), Event: "introspect", Outcome: storage.OutcomeDenied}
+	mustDo(t, s.AppendAudit(ctx, full), "AppendAudit full")
+	mustDo(t, s.AppendAudit(ctx, bare), "AppendAudit bare")
+	wantErr(t, s.AppendAudit(ctx, bare), storage.ErrConflict, "AppendAudit with a taken id")
+	items, _, err := s.ListAudit(ctx, storage.AuditFilter{})
+	mustDo(t, err, "ListAudit")
+	if len(items) != 2 {
+		t.Fatalf("ListAudit: %d records, want 2", len(items))
+	}
+	checkEqual(t, "full audit record", &items[0], full)
+	checkEqual(t, "bare audit record", &items[1], bare)
+}
+
+func auditIDs(items []storage.AuditRecord) []string {
+	var ids []string
+	for _, r := range items {
+		ids = append(ids, r.ID)
+	}
+	return ids
+}

@@ -1,0 +1,272 @@
+package storagetest
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/mandatehq/mandate/storage"
+)
+
+var grantCases = []testCase{
+	{"CreateGetRevoke", testGrantCRUD},
+	{"ListFilters", testGrantListFilters},
+	{"ListPagination", testGrantPagination},
+	{"FindActiveGrants", testFindActiveGrants},
+}
+
+// grantSpec describes a fixture grant relative to now; zero fields take the defaults below.
+type grantSpec struct {
+	tenant, subject, client, agent string
+	audiences                      []string
+	notBefore                      time.Duration // from now; 0 means an hour ago
+	expiresIn                      time.Duration // from now; 0 means in an hour
+	startsNow, endsNow             bool          // NotBefore / ExpiresAt exactly now
+	revoked                        bool
+}
+
+func makeGrant(id string, now time.Time, g grantSpec) *storage.Grant {
+	def := func(v, d string) string {
+		if v == "" {
+			return d
+		}
+		return v
+	}
+	nb, exp := g.notBefore, g.expiresIn
+	if nb == 0 {
+		nb = -time.Hour
+	}
+	if exp == 0 {
+		exp = time.Hour
+	}
+	if g.startsNow {
+		nb = 0
+	}
+	if g.endsNow {
+		exp = 0
+	}
+	out := &storage.Grant{
+		ID:        id,
+		Tenant:    def(g.tenant, "acme"),
+		Subject:   def(g.subject, "alice"),
+		ClientID:  def(g.client, "cli_1"),
+		AgentID:   g.agent,
+		Audiences: g.audiences,
+		Scopes:    []string{"orders:read", "orders:write"},
+		Modes:     []string{"on_behalf_of"},
+		NotBefore: now.Add(nb),
+		ExpiresAt: now.Add(exp),
+		CreatedBy: "admin_cli",
+		CreatedAt: now.Add(-time.Minute),
+	}
+	if out.Audiences == nil {
+		out.Audiences = []string{"orders_api"}
+	}
+	if g.revoked {
+		out.RevokedAt = now.Add(-time.Second)
+		out.RevokedBy = "admin_cli"
+		out.RevokeReason = "user left"
+	}
+	return out
+}
+
+// withClients creates the clients grants refer to.
+func withClients(t *testing.T, s storage.Store, now time.Time, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		mustDo(t, s.CreateClient(t.Context(), minimalClient(id, now)), "CreateClient "+id)
+	}
+}
+
+func testGrantCRUD(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	withClients(t, s, now, "cli_1")
+	spec := grantSpec{agent: "agent_456", audiences: []string{"orders_api", "crm_api"}}
+	mustDo(t, s.CreateGrant(ctx, makeGrant("grt_1", now, spec)), "CreateGrant")
+	got, err := s.GetGrant(ctx, "grt_1")
+	mustDo(t, err, "GetGrant")
+	checkEqual(t, "GetGrant after create", got, makeGrant("grt_1", now, spec))
+	if st := got.Status(now); st != storage.GrantActive {
+		t.Errorf("fresh grant's status %q, want %q", st, storage.GrantActive)
+	}
+
+	wantErr(t, s.CreateGrant(ctx, makeGrant("grt_1", now, grantSpec{subject: "bob"})), storage.ErrConflict,
+		"CreateGrant with a taken id")
+
+	at := now.Add(time.Minute).In(zone)
+	want := makeGrant("grt_1", now, spec)
+	want.RevokedAt, want.RevokedBy, want.RevokeReason = at, "sec_team", "compromised laptop"
+	revoked, err := s.RevokeGrant(ctx, "grt_1", "sec_team", "compromised laptop", at)
+	mustDo(t, err, "RevokeGrant")
+	checkEqual(t, "RevokeGrant's result", revoked, want)
+	got, err = s.GetGrant(ctx, "grt_1")
+	mustDo(t, err, "GetGrant after revoke")
+	checkEqual(t, "GetGrant after revoke", got, want)
+
+	_, err = s.RevokeGrant(ctx, "grt_1", "someone_else", "again", at.Add(time.Hour))
+	wantErr(t, err, storage.ErrConflict, "RevokeGrant of a revoked grant")
+	got, err = s.GetGrant(ctx, "grt_1")
+	mustDo(t, err, "GetGrant after second revoke")
+	checkEqual(t, "grant after a second revoke (the first one stands)", got, want)
+
+	_, err = s.RevokeGrant(ctx, "grt_missing", "sec_team", "", at)
+	wantErr(t, err, storage.ErrNotFound, "RevokeGrant of a missing id")
+	_, err = s.GetGrant(ctx, "grt_missing")
+	wantErr(t, err, storage.ErrNotFound, "GetGrant of a missing id")
+
+	// A grant dies with its client.
+	mustDo(t, s.CreateGrant(ctx, makeGrant("grt_2", now, grantSpec{})), "CreateGrant grt_2")
+	mustDo(t, s.DeleteClient(ctx, "cli_1"), "DeleteClient")
+	_, err = s.GetGrant(ctx, "grt_2")
+	wantErr(t, err, storage.ErrNotFound, "GetGrant after its client was deleted")
+}
+
+func testGrantListFilters(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	withClients(t, s, now, "cli_1", "cli_2")
+	fixtures := map[string]grantSpec{
+		"grt_1": {tenant: "t1", subject: "alice", client: "cli_1", audiences: []string{"api1"}},
+		"grt_2": {tenant: "t1", subject: "bob", client: "cli_1", audiences: []string{"api1", "api2"}, expiresIn: -time.Minute},
+		"grt_3": {tenant: "t1", subject: "*", client: "cli_2", audiences: []string{"api2"}, revoked: true},
+		"grt_4": {tenant: "t2", subject: "alice", client: "cli_2", audiences: []string{"api3"}, notBefore: time.Hour, expiresIn: 2 * time.Hour},
+		// Expires exactly now: expired (storage.Grant.Status).
+		"grt_5": {tenant: "t2", subject: "alice", client: "cli_1", audiences: []string{"api1"}, endsNow: true},
+		// Revoked and past its expiry: revoked wins.
+		"grt_6": {tenant: "t2", subject: "carol", client: "cli_1", audiences: []string{"api12"}, expiresIn: -time.Hour, revoked: true},
+	}
+	for _, id := range shuffled([]string{"grt_1", "grt_2", "grt_3", "grt_4", "grt_5", "grt_6"}) {
+		mustDo(t, s.CreateGrant(ctx, makeGrant(id, now, fixtures[id])), "CreateGrant "+id)
+	}
+
+	cases := []struct {
+		name string
+		f    storage.GrantFilter
+		want []string
+	}{
+		{"no filter", storage.GrantFilter{}, []string{"grt_1", "grt_2", "grt_3", "grt_4", "grt_5", "grt_6"}},
+		{"tenant", storage.GrantFilter{Tenant: "t1"}, []string{"grt_1", "grt_2", "grt_3"}},
+		{"subject", storage.GrantFilter{Subject: "alice"}, []string{"grt_1", "grt_4", "grt_5"}},
+		{"subject * is literal", storage.GrantFilter{Subject: "*"}, []string{"grt_3"}},
+		{"client", storage.GrantFilter{ClientID: "cli_2"}, []string{"grt_3", "grt_4"}},
+		{"audience", storage.GrantFilter{Audience: "api1"}, []string{"grt_1", "grt_2", "grt_5"}},
+		{"audience in a longer list", storage.GrantFilter{Audience: "api2"}, []string{"grt_2", "grt_3"}},
+		{"audience matches whole values only", storage.GrantFilter{Audience: "api"}, nil},
+		{"status active (not_before ahead counts)", storage.GrantFilter{Status: storage.GrantActive, Now: now}, []string{"grt_1", "grt_4"}},
+		{"status expired", storage.GrantFilter{Status: storage.GrantExpired, Now: now}, []string{"grt_2", "grt_5"}},
+		{"status revoked", storage.GrantFilter{Status: storage.GrantRevoked, Now: now}, []string{"grt_3", "grt_6"}},
+		{"status is evaluated at Now", storage.GrantFilter{Status: storage.GrantActive, Now: now.Add(-2 * time.Minute)}, []string{"grt_1", "grt_2", "grt_4", "grt_5"}},
+		{"tenant and status", storage.GrantFilter{Tenant: "t1", Status: storage.GrantActive, Now: now}, []string{"grt_1"}},
+		{"tenant and client", storage.GrantFilter{Tenant: "t2", ClientID: "cli_1"}, []string{"grt_5", "grt_6"}},
+		{"nothing matches", storage.GrantFilter{Tenant: "t1", Subject: "carol"}, nil},
+	}
+	for _, c := range cases {
+		items, next, err := s.ListGrants(ctx, c.f)
+		if err != nil {
+			t.Errorf("ListGrants %s: %v", c.name, err)
+			continue
+		}
+		wantIDs(t, "ListGrants "+c.name, grantIDs(items), c.want)
+		if next != "" {
+			t.Errorf("ListGrants %s: next cursor %q on a page that is not full", c.name, next)
+		}
+		for i := range items {
+			checkEqual(t, "ListGrants item "+items[i].ID, &items[i], makeGrant(items[i].ID, now, fixtures[items[i].ID]))
+		}
+	}
+}
+
+func testGrantPagination(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	withClients(t, s, now, "cli_1")
+	var ids, all []string
+	for i := range 7 {
+		ids = append(ids, fmt.Sprintf("grt_%02d_t1", i))
+		all = append(all, fmt.Sprintf("grt_%02d_t1", i), fmt.Sprintf("grt_%02d_t2", i))
+	}
+	// Grants of another tenant interleave with the ones listed: the cursor must compose with
+	// the filter.
+	for _, id := range shuffled(all) {
+		tenant := id[len(id)-2:]
+		mustDo(t, s.CreateGrant(ctx, makeGrant(id, now, grantSpec{tenant: tenant})), "CreateGrant "+id)
+	}
+	list := func(p storage.Page) ([]storage.Grant, string, error) {
+		return s.ListGrants(ctx, storage.GrantFilter{Tenant: "t1", Page: p})
+	}
+	checkWalk(t, "ListGrants tenant=t1", list, func(g storage.Grant) string { return g.ID }, ids)
+	checkBadCursors(t, "ListGrants", list)
+}
+
+func testFindActiveGrants(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	withClients(t, s, now, "cli_1", "cli_2")
+	fixtures := map[string]grantSpec{
+		"g_exact":        {subject: "alice"},
+		"g_any_subject":  {subject: storage.AnySubject},
+		"g_same_agent":   {subject: "alice", agent: "agent_1"},
+		"g_other_agent":  {subject: "alice", agent: "agent_2"},
+		"g_other_user":   {subject: "bob"},
+		"g_other_tenant": {tenant: "globex", subject: "alice"},
+		"g_other_client": {subject: "alice", client: "cli_2"},
+		"g_not_yet":      {subject: "alice", notBefore: time.Minute},
+		"g_starts_now":   {subject: "alice", startsNow: true},
+		"g_expired":      {subject: "alice", expiresIn: -time.Second},
+		"g_revoked":      {subject: "alice", revoked: true},
+		"g_bob_agent_1":  {subject: "bob", agent: "agent_1"},
+		"g_ends_now":     {subject: "alice", endsNow: true},
+	}
+	for id, spec := range fixtures {
+		mustDo(t, s.CreateGrant(ctx, makeGrant(id, now, spec)), "CreateGrant "+id)
+	}
+	// g_starts_now is in and g_ends_now out: NotBefore <= Now < ExpiresAt.
+
+	cases := []struct {
+		name string
+		q    storage.GrantQuery
+		want []string
+	}{
+		{"user and agent", storage.GrantQuery{Tenant: "acme", Subject: "alice", ClientID: "cli_1", AgentID: "agent_1", Now: now},
+			[]string{"g_any_subject", "g_exact", "g_same_agent", "g_starts_now"}},
+		{"no agent: only unrestricted grants", storage.GrantQuery{Tenant: "acme", Subject: "alice", ClientID: "cli_1", Now: now},
+			[]string{"g_any_subject", "g_exact", "g_starts_now"}},
+		{"other agent", storage.GrantQuery{Tenant: "acme", Subject: "alice", ClientID: "cli_1", AgentID: "agent_2", Now: now},
+			[]string{"g_any_subject", "g_exact", "g_other_agent", "g_starts_now"}},
+		{"other user", storage.GrantQuery{Tenant: "acme", Subject: "bob", ClientID: "cli_1", AgentID: "agent_1", Now: now},
+			[]string{"g_any_subject", "g_bob_agent_1", "g_other_user"}},
+		{"unknown user gets only *", storage.GrantQuery{Tenant: "acme", Subject: "mallory", ClientID: "cli_1", AgentID: "agent_9", Now: now},
+			[]string{"g_any_subject"}},
+		{"other client", storage.GrantQuery{Tenant: "acme", Subject: "alice", ClientID: "cli_2", Now: now},
+			[]string{"g_other_client"}},
+		{"other tenant", storage.GrantQuery{Tenant: "globex", Subject: "alice", ClientID: "cli_1", Now: now},
+			[]string{"g_other_tenant"}},
+		{"unknown tenant", storage.GrantQuery{Tenant: "initech", Subject: "alice", ClientID: "cli_1", Now: now}, nil},
+		{"later: not_before reached, the one-hour grants expired", storage.GrantQuery{Tenant: "acme", Subject: "alice", ClientID: "cli_1", Now: now.Add(2 * time.Hour)}, nil},
+		{"a minute on", storage.GrantQuery{Tenant: "acme", Subject: "alice", ClientID: "cli_1", Now: now.Add(time.Minute)},
+			[]string{"g_any_subject", "g_exact", "g_not_yet", "g_starts_now"}},
+	}
+	for _, c := range cases {
+		got, err := s.FindActiveGrants(ctx, c.q)
+		if err != nil {
+			t.Errorf("FindActiveGrants %s: %v", c.name, err)
+			continue
+		}
+		ids := grantIDs(got)
+		slices.Sort(ids)
+		wantIDs(t, "FindActiveGrants "+c.name, ids, c.want)
+		for i := range got {
+			checkEqual(t, "FindActiveGrants item "+got[i].ID, &got[i], makeGrant(got[i].ID, now, fixtures[got[i].ID]))
+		}
+	}
+}
+
+func grantIDs(items []storage.Grant) []string {
+	var ids []string
+	for _, g := range items {
+		ids = append(ids, g.ID)
+	}
+	return ids
+}
