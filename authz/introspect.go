@@ -1,0 +1,70 @@
+package authz
+
+import (
+	"net/http"
+
+	"github.com/mandatehq/mandate/envelope"
+)
+
+// introspection is an RFC 7662 §2.2 answer. Inactive tokens get {"active": false} only.
+type introspection struct {
+	Active         bool          `json:"active"`
+	Scope          string        `json:"scope,omitempty"`
+	ClientID       string        `json:"client_id,omitempty"`
+	TokenType      string        `json:"token_type,omitempty"`
+	Exp            int64         `json:"exp,omitempty"`
+	Iat            int64         `json:"iat,omitempty"`
+	Sub            string        `json:"sub,omitempty"`
+	Aud            string        `json:"aud,omitempty"`
+	Iss            string        `json:"iss,omitempty"`
+	JTI            string        `json:"jti,omitempty"`
+	Act            *envelope.Act `json:"act,omitempty"`
+	DelegationMode string        `json:"delegation_mode,omitempty"`
+	GrantID        string        `json:"grant_id,omitempty"`
+	TraceID        string        `json:"trace_id,omitempty"`
+	SessionID      string        `json:"session_id,omitempty"`
+	Tenant         string        `json:"tenant,omitempty"`
+	ActorSub       string        `json:"actor_sub,omitempty"`
+	AgentID        string        `json:"agent_id,omitempty"`
+}
+
+// handleIntrospect is RFC 7662. Any registered, enabled client may introspect (downstream
+// APIs register as clients for this); the answer depends only on the token.
+func (s *Server) handleIntrospect() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		form, err := parseForm(w, r)
+		if err == nil {
+			err = singletons(form, "token", "token_type_hint", "client_id", "client_secret", "client_assertion", "client_assertion_type")
+		}
+		if err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
+		ctx := r.Context()
+		if _, err := s.oauth.AuthenticateClient(ctx, r, form); err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
+		token := form.Get("token")
+		if token == "" {
+			writeError(w, r, s.log, invalidRequest("token is required"))
+			return
+		}
+		st, err := s.inspect(ctx, token)
+		if err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
+		if !st.active {
+			writeJSON(w, http.StatusOK, introspection{Active: false})
+			return
+		}
+		c := st.claims
+		writeJSON(w, http.StatusOK, introspection{
+			Active: true, Scope: c.Scope, ClientID: c.ClientID, TokenType: "Bearer",
+			Exp: c.ExpiresAt, Iat: c.IssuedAt, Sub: c.Subject, Aud: c.Audience, Iss: c.Issuer, JTI: c.JTI,
+			Act: c.Act, DelegationMode: c.DelegationMode, GrantID: c.GrantID, TraceID: c.TraceID,
+			SessionID: c.SessionID, Tenant: c.Tenant, ActorSub: c.ActorSub, AgentID: c.AgentID,
+		})
+	})
+}

@@ -1,0 +1,279 @@
+package authz
+
+import (
+	"context"
+	"errors"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/ory/fosite"
+
+	"github.com/mandatehq/mandate/exchange"
+)
+
+// handleToken is the token endpoint. Its sequence never varies (STYLE rule 5): parse the
+// form; fosite authenticates the client and dispatches to the grant handler, which checks
+// the client's grant type and the parameters and hands off to exchange (policy, issuance in
+// one transaction); then one writer for the answer and one for every failure.
+func (s *Server) handleToken() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		form, err := parseForm(w, r)
+		if err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
+		err = checkAuthParams(form)
+		if err != nil {
+			s.auditRefusal(r, form, err)
+			writeError(w, r, s.log, err)
+			return
+		}
+		ctx := r.Context()
+		ar, err := s.oauth.NewAccessRequest(ctx, r, &tokenSession{})
+		if err != nil {
+			s.auditRefusal(r, form, err)
+			writeError(w, r, s.log, err)
+			return
+		}
+		resp, err := s.oauth.NewAccessResponse(ctx, ar)
+		if err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, resp.ToMap())
+	})
+}
+
+// parseForm reads a form-encoded body of at most 64 KiB into r.PostForm, where fosite looks
+// for it, with empty values removed: SPEC §4 counts empty parameters as absent.
+func parseForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/x-www-form-urlencoded" {
+		return nil, invalidRequest("the body must be application/x-www-form-urlencoded")
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+	if err := r.ParseForm(); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, &oauthError{code: "invalid_request", description: "the request body is larger than 64 KiB",
+				status: http.StatusRequestEntityTooLarge}
+		}
+		return nil, invalidRequest("the request body is not a valid form")
+	}
+	for k, vs := range r.PostForm {
+		kept := vs[:0]
+		for _, v := range vs {
+			if v != "" {
+				kept = append(kept, v)
+			}
+		}
+		if len(kept) == 0 {
+			delete(r.PostForm, k)
+		} else {
+			r.PostForm[k] = kept
+		}
+	}
+	return r.PostForm, nil
+}
+
+// checkAuthParams runs before client authentication, on the parameters it reads: a repeated
+// credential is ambiguous, so the request cannot be authenticated at all.
+func checkAuthParams(form url.Values) error {
+	if err := singletons(form, "grant_type", "client_id", "client_secret", "client_assertion", "client_assertion_type"); err != nil {
+		return err
+	}
+	if !form.Has("grant_type") {
+		return invalidRequest("grant_type is required")
+	}
+	if len(form.Get("client_assertion")) > maxTokenBytes {
+		return invalidRequest("client_assertion is larger than 8 KiB")
+	}
+	return nil
+}
+
+func singletons(form url.Values, names ...string) error {
+	for _, n := range names {
+		if len(form[n]) > 1 {
+			return invalidRequest("the " + n + " parameter is repeated")
+		}
+	}
+	return nil
+}
+
+// tokenSession carries the exchange's result from HandleTokenEndpointRequest to
+// PopulateTokenEndpointResponse; fosite's session is the only per-request carrier it offers.
+type tokenSession struct {
+	fosite.DefaultSession
+	result *exchange.Result
+}
+
+func sessionOf(ar fosite.AccessRequester) *tokenSession {
+	s, _ := ar.GetSession().(*tokenSession)
+	return s
+}
+
+// remoteAddr is the client's IP for the audit log. fosite puts the request in the context.
+func remoteAddr(ctx context.Context) string {
+	r, ok := ctx.Value(fosite.RequestContextKey).(*http.Request)
+	if !ok {
+		return ""
+	}
+	return hostOf(r.RemoteAddr)
+}
+
+func hostOf(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
+}
+
+func authenticated(ar fosite.AccessRequester) *client {
+	c, _ := ar.GetClient().(*client)
+	return c
+}
+
+func unauthorizedClient(description string) error {
+	return &oauthError{code: "unauthorized_client", description: description, status: http.StatusBadRequest}
+}
+
+// maxTargets bounds audience+resource values: each one is a lookup.
+const maxTargets = 16
+
+// tokenExchangeHandler is the RFC 8693 grant as a fosite TokenEndpointHandler (fosite has
+// none): it checks what is HTTP-shaped and hands the rest to exchange.Service.
+type tokenExchangeHandler struct{ svc *exchange.Service }
+
+func (h *tokenExchangeHandler) CanSkipClientAuth(context.Context, fosite.AccessRequester) bool {
+	return false
+}
+
+func (h *tokenExchangeHandler) CanHandleTokenEndpointRequest(_ context.Context, ar fosite.AccessRequester) bool {
+	return ar.GetGrantTypes().ExactOne(exchange.GrantTypeTokenExchange)
+}
+
+func (h *tokenExchangeHandler) HandleTokenEndpointRequest(ctx context.Context, ar fosite.AccessRequester) error {
+	if !h.CanHandleTokenEndpointRequest(ctx, ar) {
+		return fosite.ErrUnknownRequest
+	}
+	c := authenticated(ar)
+	if c == nil || !c.GetGrantTypes().Has(exchange.GrantTypeTokenExchange) {
+		return unauthorizedClient("the client is not allowed to use the token exchange grant")
+	}
+	form := ar.GetRequestForm()
+	if err := singletons(form, "subject_token", "subject_token_type", "scope", "requested_token_type",
+		"actor_token", "actor_token_type"); err != nil {
+		return err
+	}
+	switch {
+	case form.Has("actor_token") || form.Has("actor_token_type"):
+		return invalidRequest("actor_token is not supported")
+	case len(form.Get("subject_token")) > maxTokenBytes:
+		return invalidRequest("subject_token is larger than 8 KiB")
+	case len(form["audience"])+len(form["resource"]) > maxTargets:
+		return invalidRequest("too many audience and resource values")
+	}
+	scopes := strings.Fields(form.Get("scope"))
+	res, err := h.svc.Exchange(ctx, exchange.Request{
+		Client:             c.c,
+		SubjectToken:       form.Get("subject_token"),
+		SubjectTokenType:   form.Get("subject_token_type"),
+		Audiences:          form["audience"],
+		Resources:          form["resource"],
+		Scopes:             scopes,
+		ScopeGiven:         len(scopes) > 0,
+		RequestedTokenType: form.Get("requested_token_type"),
+		RemoteAddr:         remoteAddr(ctx),
+	})
+	if err != nil {
+		return err
+	}
+	sessionOf(ar).result = res
+	return nil
+}
+
+func (h *tokenExchangeHandler) PopulateTokenEndpointResponse(ctx context.Context, ar fosite.AccessRequester, resp fosite.AccessResponder) error {
+	if !h.CanHandleTokenEndpointRequest(ctx, ar) {
+		return fosite.ErrUnknownRequest
+	}
+	res := sessionOf(ar).result
+	populate(resp, res)
+	resp.SetExtra("issued_token_type", res.IssuedTokenType)
+	return nil
+}
+
+func populate(resp fosite.AccessResponder, res *exchange.Result) {
+	resp.SetAccessToken(res.AccessToken)
+	resp.SetTokenType("Bearer")
+	resp.SetExpiresIn(time.Duration(res.ExpiresIn) * time.Second)
+	resp.SetScopes(strings.Fields(res.Scope))
+}
+
+// clientCredentialsHandler is RFC 6749 §4.4, also handed to exchange (fosite's own handler
+// would issue tokens of its own format and store).
+type clientCredentialsHandler struct{ svc *exchange.Service }
+
+func (h *clientCredentialsHandler) CanSkipClientAuth(context.Context, fosite.AccessRequester) bool {
+	return false
+}
+
+func (h *clientCredentialsHandler) CanHandleTokenEndpointRequest(_ context.Context, ar fosite.AccessRequester) bool {
+	return ar.GetGrantTypes().ExactOne(exchange.GrantTypeClientCredentials)
+}
+
+func (h *clientCredentialsHandler) HandleTokenEndpointRequest(ctx context.Context, ar fosite.AccessRequester) error {
+	if !h.CanHandleTokenEndpointRequest(ctx, ar) {
+		return fosite.ErrUnknownRequest
+	}
+	c := authenticated(ar)
+	if c == nil || !c.GetGrantTypes().Has(exchange.GrantTypeClientCredentials) {
+		return unauthorizedClient("the client is not allowed to use the client_credentials grant")
+	}
+	form := ar.GetRequestForm()
+	if err := singletons(form, "scope"); err != nil {
+		return err
+	}
+	res, err := h.svc.ClientCredentials(ctx, exchange.ClientCredentialsRequest{
+		Client: c.c, Scopes: strings.Fields(form.Get("scope")), RemoteAddr: remoteAddr(ctx),
+	})
+	if err != nil {
+		return err
+	}
+	sessionOf(ar).result = res
+	return nil
+}
+
+func (h *clientCredentialsHandler) PopulateTokenEndpointResponse(ctx context.Context, ar fosite.AccessRequester, resp fosite.AccessResponder) error {
+	if !h.CanHandleTokenEndpointRequest(ctx, ar) {
+		return fosite.ErrUnknownRequest
+	}
+	populate(resp, sessionOf(ar).result)
+	return nil
+}
+
+// unsupportedGrantHandler answers every other grant_type with unsupported_grant_type (RFC
+// 6749 §5.2), after client authentication like the others; without it fosite would say
+// invalid_request without authenticating.
+type unsupportedGrantHandler struct{}
+
+func (unsupportedGrantHandler) CanSkipClientAuth(context.Context, fosite.AccessRequester) bool {
+	return false
+}
+
+func (unsupportedGrantHandler) CanHandleTokenEndpointRequest(_ context.Context, ar fosite.AccessRequester) bool {
+	g := ar.GetGrantTypes()
+	return !g.ExactOne(exchange.GrantTypeTokenExchange) && !g.ExactOne(exchange.GrantTypeClientCredentials)
+}
+
+func (unsupportedGrantHandler) HandleTokenEndpointRequest(context.Context, fosite.AccessRequester) error {
+	return &oauthError{code: "unsupported_grant_type", description: "the grant_type is not supported",
+		status: http.StatusBadRequest}
+}
+
+func (unsupportedGrantHandler) PopulateTokenEndpointResponse(context.Context, fosite.AccessRequester, fosite.AccessResponder) error {
+	return fosite.ErrUnknownRequest
+}

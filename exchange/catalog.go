@@ -1,0 +1,124 @@
+package exchange
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/mandatehq/mandate/storage"
+)
+
+// Catalog reads clients and audiences through a small in-memory cache. They change rarely
+// and are read on every request, so a few seconds of staleness buys the hot path two fewer
+// round trips; the admin API calls the Invalidate hooks after every change so the replica
+// that made it sees it at once, and other replicas within TTL.
+//
+// Grants are deliberately not cached: revocation must take effect immediately.
+type Catalog struct {
+	store storage.Store
+	ttl   time.Duration
+	now   func() time.Time
+
+	mu        sync.Mutex
+	clients   map[string]cached[*storage.Client]
+	audiences map[string]cached[*storage.Audience]
+	resources map[string]cached[*storage.Audience]
+}
+
+type cached[T any] struct {
+	v       T
+	err     error // ErrNotFound is cached too, so unknown ids cannot hammer the store
+	expires time.Time
+}
+
+// maxCatalogEntries bounds each map: ids come from requests, so an attacker could otherwise
+// grow it without limit with made-up ids.
+const maxCatalogEntries = 10000
+
+// NewCatalog returns a Catalog over store. ttl <= 0 disables caching.
+func NewCatalog(store storage.Store, ttl time.Duration, now func() time.Time) *Catalog {
+	if now == nil {
+		now = time.Now
+	}
+	return &Catalog{
+		store: store, ttl: ttl, now: now,
+		clients:   map[string]cached[*storage.Client]{},
+		audiences: map[string]cached[*storage.Audience]{},
+		resources: map[string]cached[*storage.Audience]{},
+	}
+}
+
+// Client returns the client with id (storage.ErrNotFound when there is none). The record is
+// shared: callers must not modify it.
+func (c *Catalog) Client(ctx context.Context, id string) (*storage.Client, error) {
+	return lookup(c, c.clients, id, func() (*storage.Client, error) { return c.store.GetClient(ctx, id) })
+}
+
+// Audience returns the audience with id.
+func (c *Catalog) Audience(ctx context.Context, id string) (*storage.Audience, error) {
+	return lookup(c, c.audiences, id, func() (*storage.Audience, error) { return c.store.GetAudience(ctx, id) })
+}
+
+// AudienceByResource returns the audience that registered the resource URI.
+func (c *Catalog) AudienceByResource(ctx context.Context, uri string) (*storage.Audience, error) {
+	return lookup(c, c.resources, uri, func() (*storage.Audience, error) { return c.store.GetAudienceByResource(ctx, uri) })
+}
+
+// InvalidateClient drops the cached client id.
+func (c *Catalog) InvalidateClient(id string) {
+	c.mu.Lock()
+	delete(c.clients, id)
+	c.mu.Unlock()
+}
+
+// InvalidateAll drops every cached client and audience.
+func (c *Catalog) InvalidateAll() {
+	c.mu.Lock()
+	clear(c.clients)
+	clear(c.audiences)
+	clear(c.resources)
+	c.mu.Unlock()
+}
+
+// InvalidateAudiences drops every cached audience (resource URIs map to audiences, so one
+// change can affect several keys; audiences are few).
+func (c *Catalog) InvalidateAudiences() {
+	c.mu.Lock()
+	clear(c.audiences)
+	clear(c.resources)
+	c.mu.Unlock()
+}
+
+func lookup[T any](c *Catalog, m map[string]cached[T], key string, load func() (T, error)) (T, error) {
+	now := c.now()
+	if c.ttl > 0 {
+		c.mu.Lock()
+		e, ok := m[key]
+		c.mu.Unlock()
+		if ok && now.Before(e.expires) {
+			return e.v, e.err
+		}
+	}
+	v, err := load()
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		var zero T
+		return zero, err // faults are not cached
+	}
+	if c.ttl > 0 {
+		c.mu.Lock()
+		if len(m) >= maxCatalogEntries {
+			for k, e := range m { // drop the expired ones, or everything if none is
+				if !now.Before(e.expires) {
+					delete(m, k)
+				}
+			}
+			if len(m) >= maxCatalogEntries {
+				clear(m)
+			}
+		}
+		m[key] = cached[T]{v: v, err: err, expires: now.Add(c.ttl)}
+		c.mu.Unlock()
+	}
+	return v, err
+}
