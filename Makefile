@@ -1,0 +1,20 @@
+# The commands README.md names. Tests that need Postgres read MANDATE_TEST_DATABASE_URL.
+.PHONY: run test bench fmt vet generate
+
+run:
+	go run ./cmd/mandate
+
+test:
+	go test -race -count=1 ./...
+
+bench:
+	go test -run '^$$' -bench . -benchmem ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+vet:
+	go vet ./...
+
+generate:
+	go generate ./api

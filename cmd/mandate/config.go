@@ -1,0 +1,210 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// config is everything serve needs, from flags and their MANDATE_* variables. Secrets come
+// only from the environment (or a file named there), never from flag values, so they do not
+// show in process listings.
+type config struct {
+	Issuer           string
+	PublicAddr       string
+	AdminAddr        string
+	Database         string
+	DatabaseMaxConns int
+	AutoMigrate      bool
+	SigningAlg       string
+	KeyRotation      time.Duration
+	KeyPublishAhead  time.Duration
+	ShutdownTimeout  time.Duration
+	LogLevel         string
+	LogFormat        string
+	Pprof            bool
+
+	Secret               string // MANDATE_SECRET
+	SecretFile           string // MANDATE_SECRET_FILE
+	BootstrapAdminSecret string // MANDATE_BOOTSTRAP_ADMIN_SECRET
+}
+
+const defaultDatabase = "mandate.db"
+
+// isPostgres reports whether a --database value selects Postgres (SPEC §9).
+func isPostgres(db string) bool {
+	return strings.HasPrefix(db, "postgres://") || strings.HasPrefix(db, "postgresql://")
+}
+
+// flagEnv binds flag names to their environment variables.
+type flagEnv struct {
+	fs  *flag.FlagSet
+	env map[string]string // flag name → variable
+}
+
+func newFlagSet(name string, stdout io.Writer) *flagEnv {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are ours to word; -h prints below
+	fe := &flagEnv{fs: fs, env: map[string]string{}}
+	fs.Usage = func() {
+		fmt.Fprintf(stdout, "Usage: mandate %s [flags]\n\nFlags (each also read from its variable):\n", name)
+		fs.VisitAll(func(f *flag.Flag) {
+			def := ""
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" {
+				def = fmt.Sprintf(" (default %s)", f.DefValue)
+			}
+			fmt.Fprintf(stdout, "  --%-20s %s%s [%s]\n", f.Name, f.Usage, def, fe.env[f.Name])
+		})
+	}
+	return fe
+}
+
+func (fe *flagEnv) string(p *string, name, env, def, usage string) {
+	fe.fs.StringVar(p, name, def, usage)
+	fe.env[name] = env
+}
+
+func (fe *flagEnv) int(p *int, name, env string, def int, usage string) {
+	fe.fs.IntVar(p, name, def, usage)
+	fe.env[name] = env
+}
+
+func (fe *flagEnv) bool(p *bool, name, env string, def bool, usage string) {
+	fe.fs.BoolVar(p, name, def, usage)
+	fe.env[name] = env
+}
+
+func (fe *flagEnv) duration(p *time.Duration, name, env string, def time.Duration, usage string) {
+	fe.fs.DurationVar(p, name, def, usage)
+	fe.env[name] = env
+}
+
+// parse reads the command line, then fills every flag not given there from its variable.
+// A bad value is one line naming the flag and its variable.
+func (fe *flagEnv) parse(args []string, getenv func(string) string) error {
+	if err := parseFlags(fe.fs, args); err != nil {
+		if err == errHelp {
+			fe.fs.Usage()
+		}
+		return err
+	}
+	given := map[string]bool{}
+	fe.fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fe.fs.VisitAll(func(f *flag.Flag) {
+		env := fe.env[f.Name]
+		if err != nil || given[f.Name] || env == "" {
+			return
+		}
+		if v := getenv(env); v != "" {
+			if e := fe.fs.Set(f.Name, v); e != nil {
+				err = usagef("invalid value %q for %s (--%s): %v", v, env, f.Name, e)
+			}
+		}
+	})
+	return err
+}
+
+func parseServeConfig(args []string, getenv func(string) string, stdout io.Writer) (*config, error) {
+	c := &config{}
+	fe := newFlagSet("serve", stdout)
+	c.bindShared(fe)
+	fe.string(&c.Issuer, "issuer", "MANDATE_ISSUER", "http://localhost:8080", "issuer URL (no trailing slash); envelopes' aud must equal it")
+	fe.string(&c.PublicAddr, "public-addr", "MANDATE_PUBLIC_ADDR", ":8080", "public listener: token, introspection, revocation, metadata, JWKS")
+	fe.string(&c.AdminAddr, "admin-addr", "MANDATE_ADMIN_ADDR", "127.0.0.1:8081", "admin listener: /admin/v1 and /metrics")
+	fe.bool(&c.AutoMigrate, "auto-migrate", "MANDATE_AUTO_MIGRATE", false, "apply pending Postgres migrations at start (SQLite always migrates)")
+	fe.string(&c.SigningAlg, "signing-alg", "MANDATE_SIGNING_ALG", "ES256", "token signing algorithm: ES256 or EdDSA")
+	fe.duration(&c.KeyRotation, "key-rotation", "MANDATE_KEY_ROTATION", 30*24*time.Hour, "rotate the signing key this often")
+	fe.duration(&c.KeyPublishAhead, "key-publish-ahead", "MANDATE_KEY_PUBLISH_AHEAD", 15*time.Minute, "publish a new key this long before it signs")
+	fe.duration(&c.ShutdownTimeout, "shutdown-timeout", "MANDATE_SHUTDOWN_TIMEOUT", 15*time.Second, "how long in-flight requests may finish at shutdown")
+	fe.string(&c.LogLevel, "log-level", "MANDATE_LOG_LEVEL", "info", "debug, info, warn or error")
+	fe.string(&c.LogFormat, "log-format", "MANDATE_LOG_FORMAT", "auto", "text, json, or auto (text on a terminal, JSON otherwise)")
+	fe.bool(&c.Pprof, "pprof", "MANDATE_PPROF", false, "serve /debug/pprof on the admin listener")
+	if err := fe.parse(args, getenv); err != nil {
+		return nil, err
+	}
+	c.Secret = getenv("MANDATE_SECRET")
+	c.SecretFile = getenv("MANDATE_SECRET_FILE")
+	c.BootstrapAdminSecret = getenv("MANDATE_BOOTSTRAP_ADMIN_SECRET")
+	return c, c.validate()
+}
+
+// bindShared binds the flags serve and migrate have in common.
+func (c *config) bindShared(fe *flagEnv) {
+	fe.string(&c.Database, "database", "MANDATE_DATABASE_URL", defaultDatabase, "postgres://… or postgresql://… for Postgres; anything else is a SQLite file path")
+	fe.int(&c.DatabaseMaxConns, "database-max-conns", "MANDATE_DATABASE_MAX_CONNS", 16, "Postgres connection pool size")
+}
+
+func (c *config) validate() error {
+	u, err := url.Parse(c.Issuer)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(c.Issuer, "/") {
+		return usagef("invalid --issuer (MANDATE_ISSUER) %q: an absolute http(s) URL without query, fragment or trailing slash", c.Issuer)
+	}
+	if c.SigningAlg != "ES256" && c.SigningAlg != "EdDSA" {
+		return usagef("invalid --signing-alg (MANDATE_SIGNING_ALG) %q: ES256 or EdDSA", c.SigningAlg)
+	}
+	if c.DatabaseMaxConns < 1 {
+		return usagef("invalid --database-max-conns (MANDATE_DATABASE_MAX_CONNS) %d: at least 1", c.DatabaseMaxConns)
+	}
+	if c.Database == "" {
+		return usagef("--database (MANDATE_DATABASE_URL) is empty")
+	}
+	if c.KeyRotation < time.Hour {
+		return usagef("invalid --key-rotation (MANDATE_KEY_ROTATION) %s: at least 1h", c.KeyRotation)
+	}
+	if c.KeyPublishAhead < 0 || c.KeyPublishAhead >= c.KeyRotation {
+		return usagef("invalid --key-publish-ahead (MANDATE_KEY_PUBLISH_AHEAD) %s: between 0 and --key-rotation", c.KeyPublishAhead)
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		return err
+	}
+	switch c.LogFormat {
+	case "auto", "text", "json":
+	default:
+		return usagef("invalid --log-format (MANDATE_LOG_FORMAT) %q: text, json or auto", c.LogFormat)
+	}
+	if c.Secret != "" && len(c.Secret) < 32 {
+		return usagef("MANDATE_SECRET must be at least 32 characters")
+	}
+	if c.Secret != "" && c.SecretFile != "" {
+		return usagef("set MANDATE_SECRET or MANDATE_SECRET_FILE, not both")
+	}
+	if isPostgres(c.Database) && c.Secret == "" && c.SecretFile == "" {
+		return usagef("MANDATE_SECRET is required with a Postgres database (at least 32 characters; or MANDATE_SECRET_FILE)")
+	}
+	if c.BootstrapAdminSecret != "" && len(c.BootstrapAdminSecret) < 32 {
+		return usagef("MANDATE_BOOTSTRAP_ADMIN_SECRET must be at least 32 characters")
+	}
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, usagef("invalid --log-level (MANDATE_LOG_LEVEL) %q: debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// newLogger writes text to a terminal and JSON elsewhere, unless format says which.
+func newLogger(w io.Writer, level, format string) *slog.Logger {
+	l, _ := parseLevel(level)
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "auto" {
+		format = "json"
+		if f, ok := w.(*os.File); ok {
+			if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+				format = "text"
+			}
+		}
+	}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

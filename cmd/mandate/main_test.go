@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// instance is a mandate process started through run, as the binary would be.
+type instance struct {
+	PublicURL string
+	AdminURL  string
+	Stdout    *syncBuffer
+	cancel    context.CancelFunc
+	done      chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs `mandate serve` with env and extra args on :0 ports, and returns once both
+// listeners have said where they are. It stops the server at the end of the test.
+func start(t *testing.T, env map[string]string, args ...string) *instance {
+	t.Helper()
+	getenv := func(k string) string { return env[k] }
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	inst := &instance{Stdout: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	args = append([]string{"serve", "--public-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"}, args...)
+	go func() {
+		err := run(ctx, args, getenv, inst.Stdout, pw)
+		pw.CloseWithError(io.EOF)
+		inst.done <- err
+	}()
+	addrs := make(chan [2]string, 1)
+	var logs syncBuffer
+	go func() {
+		var a [2]string
+		sc := bufio.NewScanner(pr)
+		sent := false
+		for sc.Scan() {
+			logs.Write(append(sc.Bytes(), '\n'))
+			var line struct{ Msg, Listener, Addr string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "listening" {
+				if line.Listener == "public" {
+					a[0] = line.Addr
+				} else {
+					a[1] = line.Addr
+				}
+				if a[0] != "" && a[1] != "" && !sent {
+					addrs <- a
+					sent = true
+				}
+			}
+		}
+	}()
+	select {
+	case a := <-addrs:
+		inst.PublicURL, inst.AdminURL = "http://"+a[0], "http://"+a[1]
+	case err := <-inst.done:
+		cancel()
+		t.Fatalf("mandate exited before listening: %v\nlogs:\n%s", err, logs.String())
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatalf("mandate did not start listening in 30s; logs:\n%s", logs.String())
+	}
+	t.Cleanup(func() { inst.stop(t) })
+	return inst
+}
+
+// stop cancels the server (as SIGINT would) and requires a clean return.
+func (i *instance) stop(t *testing.T) {
+	t.Helper()
+	if i.cancel == nil {
+		return
+	}
+	i.cancel()
+	i.cancel = nil
+	select {
+	case err := <-i.done:
+		if err != nil {
+			t.Errorf("mandate did not stop cleanly: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("mandate did not stop within 30s")
+	}
+}
+
+func get(t *testing.T, url string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body
+}
+
+func TestServeSQLiteHealthAndCleanShutdown(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "mandate.db")
+	inst := start(t, nil, "--database", db)
+
+	if code, _ := get(t, inst.PublicURL+"/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz = %d", code)
+	}
+	if code, _ := get(t, inst.PublicURL+"/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz = %d", code)
+	}
+	inst.stop(t)
+	if _, err := http.Get(inst.PublicURL + "/healthz"); err == nil {
+		t.Fatalf("public listener still answers after shutdown")
+	}
+
+	// A second start reuses the same store: the bootstrap admin is not created again.
+	first := inst.Stdout.String()
+	if !strings.Contains(first, "mandate-admin") {
+		t.Fatalf("first start did not print the bootstrap admin credentials:\n%s", first)
+	}
+	again := start(t, nil, "--database", db)
+	if code, _ := get(t, again.PublicURL+"/readyz"); code != http.StatusOK {
+		t.Fatalf("second start /readyz = %d", code)
+	}
+	if strings.Contains(again.Stdout.String(), "client_secret") {
+		t.Fatalf("second start printed a new bootstrap secret:\n%s", again.Stdout.String())
+	}
+}
+
+func TestBadConfigurationExitsWithUsageError(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"bad alg flag", []string{"serve", "--signing-alg", "RS256"}, nil, "--signing-alg (MANDATE_SIGNING_ALG)"},
+		{"bad alg env", []string{"serve"}, map[string]string{"MANDATE_SIGNING_ALG": "HS256"}, "MANDATE_SIGNING_ALG"},
+		{"bad duration env", []string{"serve"}, map[string]string{"MANDATE_KEY_ROTATION": "soon"}, "MANDATE_KEY_ROTATION (--key-rotation)"},
+		{"issuer trailing slash", []string{"serve", "--issuer", "https://mandate.example/"}, nil, "--issuer (MANDATE_ISSUER)"},
+		{"postgres without secret", []string{"serve", "--database", "postgres://127.0.0.1:1/x"}, nil, "MANDATE_SECRET is required"},
+		{"short secret", []string{"serve"}, map[string]string{"MANDATE_SECRET": "short"}, "MANDATE_SECRET"},
+		{"unknown flag", []string{"serve", "--nope"}, nil, "nope"},
+		{"unknown command", []string{"frobnicate"}, nil, "unknown command"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			if env["MANDATE_DATABASE_URL"] == "" {
+				env["MANDATE_DATABASE_URL"] = filepath.Join(t.TempDir(), "m.db")
+			}
+			err := run(context.Background(), tc.args, func(k string) string { return env[k] }, io.Discard, io.Discard)
+			var ue usageError
+			if !errors.As(err, &ue) {
+				t.Fatalf("run = %v, want a usage error", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error %q: want one line containing %q", err, tc.want)
+			}
+		})
+	}
+}
