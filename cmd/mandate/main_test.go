@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -44,6 +45,24 @@ func (s *syncBuffer) String() string {
 // listeners have said where they are. It stops the server at the end of the test.
 func start(t *testing.T, env map[string]string, args ...string) *instance {
 	t.Helper()
+	inst, err := startE(t, env, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return inst
+}
+
+// startNoFatal is start for goroutines other than the test's: it reports and returns nil.
+func startNoFatal(t *testing.T, env map[string]string, args ...string) *instance {
+	inst, err := startE(t, env, args...)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	return inst
+}
+
+func startE(t *testing.T, env map[string]string, args ...string) (*instance, error) {
 	getenv := func(k string) string { return env[k] }
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
@@ -81,13 +100,13 @@ func start(t *testing.T, env map[string]string, args ...string) *instance {
 		inst.PublicURL, inst.AdminURL = "http://"+a[0], "http://"+a[1]
 	case err := <-inst.done:
 		cancel()
-		t.Fatalf("mandate exited before listening: %v\nlogs:\n%s", err, logs.String())
+		return nil, fmt.Errorf("mandate exited before listening: %v\nlogs:\n%s", err, logs.String())
 	case <-time.After(30 * time.Second):
 		cancel()
-		t.Fatalf("mandate did not start listening in 30s; logs:\n%s", logs.String())
+		return nil, fmt.Errorf("mandate did not start listening in 30s; logs:\n%s", logs.String())
 	}
 	t.Cleanup(func() { inst.stop(t) })
-	return inst
+	return inst, nil
 }
 
 // stop cancels the server (as SIGINT would) and requires a clean return.
