@@ -58,7 +58,11 @@ func newFlagSet(name string, stdout io.Writer) *flagEnv {
 			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" {
 				def = fmt.Sprintf(" (default %s)", f.DefValue)
 			}
-			fmt.Fprintf(stdout, "  --%-20s %s%s [%s]\n", f.Name, f.Usage, def, fe.env[f.Name])
+			env := ""
+			if fe.env[f.Name] != "" {
+				env = " [" + fe.env[f.Name] + "]"
+			}
+			fmt.Fprintf(stdout, "  --%-20s %s%s%s\n", f.Name, f.Usage, def, env)
 		})
 	}
 	return fe
@@ -87,10 +91,8 @@ func (fe *flagEnv) duration(p *time.Duration, name, env string, def time.Duratio
 // parse reads the command line, then fills every flag not given there from its variable.
 // A bad value is one line naming the flag and its variable.
 func (fe *flagEnv) parse(args []string, getenv func(string) string) error {
+	// On -h, flag.Parse has already printed fs.Usage.
 	if err := parseFlags(fe.fs, args); err != nil {
-		if err == errHelp {
-			fe.fs.Usage()
-		}
 		return err
 	}
 	given := map[string]bool{}

@@ -29,6 +29,7 @@ Commands:
   envelope    keygen | mint: act as an MCP server from a shell (development)
   clients, audiences, grants, keys, audit
               manage Mandate over its admin API ("mandate clients -h")
+  bench       provision, load and measure a running Mandate's token exchange
   healthcheck probe /readyz (for container health checks)
 
 Run "mandate serve -h" for the server's flags; every flag has a MANDATE_* variable.
