@@ -30,6 +30,7 @@ type app struct {
 	keys      *keys.Manager
 	oauth     *authz.Server
 	admin     http.Handler
+	metrics   *metrics
 }
 
 // maxTokenLifetime bounds every token Mandate issues (audience and client TTLs are capped
@@ -45,7 +46,8 @@ func newApp(ctx context.Context, cfg *config, log *slog.Logger, stdout io.Writer
 	if err != nil {
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, store: store, storeKind: kind}
+	m := newMetrics()
+	a := &app{cfg: cfg, log: log, store: countingStore{Store: store, m: m}, storeKind: kind, metrics: m}
 	if err := a.wire(ctx, master, stdout); err != nil {
 		store.Close()
 		return nil, err
@@ -127,11 +129,12 @@ func (a *app) ready(ctx context.Context) error {
 	return nil
 }
 
-func (a *app) publicHandler() http.Handler { return a.oauth }
+func (a *app) publicHandler() http.Handler { return a.metrics.instrument(a.oauth) }
 
 func (a *app) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(api.BasePath+"/", a.admin)
+	mux.Handle("GET /metrics", a.metrics.handler())
 	if a.cfg.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)

@@ -149,6 +149,21 @@ func TestServeSQLiteHealthAndCleanShutdown(t *testing.T) {
 	if code, _ := get(t, inst.PublicURL+"/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz = %d", code)
 	}
+	resp, err := http.Get(inst.AdminURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`mandate_http_requests_total{code="200",route="GET /readyz"} 1`,
+		`mandate_decisions_total{event="admin.bootstrap",outcome="granted",reason=""} 1`,
+		"go_goroutines",
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 	inst.stop(t)
 	if _, err := http.Get(inst.PublicURL + "/healthz"); err == nil {
 		t.Fatalf("public listener still answers after shutdown")
