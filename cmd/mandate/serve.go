@@ -27,11 +27,11 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	defer app.close()
 
-	public, err := listen("public", cfg.PublicAddr, app.publicHandler(), log)
+	public, err := listen("public", cfg.PublicAddr, app.PublicHandler(), log)
 	if err != nil {
 		return err
 	}
-	admin, err := listen("admin", cfg.AdminAddr, app.adminHandler(), log)
+	admin, err := listen("admin", cfg.AdminAddr, app.AdminHandler(), log)
 	if err != nil {
 		public.close()
 		return err
@@ -39,7 +39,11 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 
 	bg, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	app.startBackground(bg, &wg)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		app.Run(bg)
+	}()
 
 	errc := make(chan error, 2)
 	go func() { errc <- public.serve() }()
@@ -55,7 +59,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
 	var shutErr error
-	for _, s := range []*server{public, admin} {
+	for _, s := range []*listener{public, admin} {
 		if e := s.srv.Shutdown(shutCtx); e != nil {
 			shutErr = errors.Join(shutErr, fmt.Errorf("%s listener: %w", s.name, e))
 		}
@@ -71,20 +75,20 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	return shutErr
 }
 
-// server is one listener and its http.Server.
-type server struct {
+// listener is one listening socket and the http.Server on it.
+type listener struct {
 	name string
 	ln   net.Listener
 	srv  *http.Server
 }
 
-func listen(name, addr string, h http.Handler, log *slog.Logger) (*server, error) {
+func listen(name, addr string, h http.Handler, log *slog.Logger) (*listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s listener on %s: %w", name, addr, err)
 	}
 	log.Info("listening", "listener", name, "addr", ln.Addr().String())
-	return &server{name: name, ln: ln, srv: &http.Server{
+	return &listener{name: name, ln: ln, srv: &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
@@ -95,11 +99,11 @@ func listen(name, addr string, h http.Handler, log *slog.Logger) (*server, error
 	}}, nil
 }
 
-func (s *server) serve() error {
+func (s *listener) serve() error {
 	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("%s listener: %w", s.name, err)
 	}
 	return nil
 }
 
-func (s *server) close() { s.ln.Close() }
+func (s *listener) close() { s.ln.Close() }

@@ -1,0 +1,231 @@
+// Package server assembles a Mandate server from a store and a deployment secret: the key
+// manager, the exchange service, the OAuth handler (public listener) and the admin API
+// (admin listener), with metrics over both. It is what cmd/mandate runs, and what the examples
+// embed, so the two cannot drift apart.
+//
+// It does not open stores or listen on ports: the caller picks the backend and the addresses.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/pprof"
+	"sync"
+	"time"
+
+	"github.com/mandatehq/mandate/api"
+	"github.com/mandatehq/mandate/authz"
+	"github.com/mandatehq/mandate/envelope"
+	"github.com/mandatehq/mandate/exchange"
+	"github.com/mandatehq/mandate/keys"
+	"github.com/mandatehq/mandate/secret"
+	"github.com/mandatehq/mandate/storage"
+)
+
+// Options configure a Server. Store, Master and Issuer are required.
+type Options struct {
+	Store  storage.Store
+	Master *secret.Master
+	// Issuer is the issuer URL, without a trailing slash.
+	Issuer string
+	// SigningAlg is ES256 (default) or EdDSA.
+	SigningAlg string
+	// KeyRotation and KeyPublishAhead tune the signing-key schedule (zero: keys' defaults).
+	KeyRotation     time.Duration
+	KeyPublishAhead time.Duration
+	// BootstrapAdminSecret, when set, is the secret of the admin client created on a store
+	// that has none (otherwise one is generated).
+	BootstrapAdminSecret string
+	// Pprof serves /debug/pprof on the admin handler.
+	Pprof  bool
+	Logger *slog.Logger
+}
+
+// MaxTokenLifetime bounds every token Mandate issues: a retired signing key stays published
+// this long after its last signature.
+const MaxTokenLifetime = 24 * time.Hour
+
+// Server is a wired Mandate.
+type Server struct {
+	store   storage.Store
+	log     *slog.Logger
+	keys    *keys.Manager
+	oauth   *authz.Server
+	admin   http.Handler
+	metrics *metrics
+	pprof   bool
+
+	// BootstrapSecret is the admin client's secret when New created that client and generated
+	// it; "" otherwise (it existed, or Options.BootstrapAdminSecret was used).
+	BootstrapSecret string
+	// BootstrapCreated reports whether New created the admin client.
+	BootstrapCreated bool
+}
+
+// New wires a Server over o.Store: it loads (or creates) the signing keys and creates the
+// bootstrap admin client when the store has none. It does not start background work: call
+// Run for that.
+func New(ctx context.Context, o Options) (*Server, error) {
+	if o.Store == nil || o.Master == nil || o.Issuer == "" {
+		return nil, errors.New("server: Store, Master and Issuer are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.SigningAlg == "" {
+		o.SigningAlg = keys.ES256
+	}
+	m := newMetrics()
+	store := countingStore{Store: o.Store, m: m}
+	s := &Server{store: store, log: o.Logger, metrics: m, pprof: o.Pprof}
+
+	sealer, err := keys.NewSealer(o.Master)
+	if err != nil {
+		return nil, err
+	}
+	s.keys, err = keys.NewManager(store, sealer, keys.Options{
+		Alg:              o.SigningAlg,
+		RotateEvery:      o.KeyRotation,
+		PublishAhead:     o.KeyPublishAhead,
+		TokenLifetimeMax: MaxTokenLifetime,
+		Logger:           o.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.keys.Ensure(ctx); err != nil {
+		return nil, fmt.Errorf("signing keys: %w", err)
+	}
+
+	hasher := secret.NewHasher(o.Master)
+	generated, created, err := api.Bootstrap(ctx, store, hasher, o.BootstrapAdminSecret, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap admin client: %w", err)
+	}
+	s.BootstrapCreated = created
+	if created {
+		if o.BootstrapAdminSecret == "" {
+			s.BootstrapSecret = generated
+		}
+		o.Logger.Info("created the bootstrap admin client", "client_id", api.AdminClientID)
+	}
+
+	svc, err := exchange.New(exchange.Deps{
+		Store:    store,
+		Verifier: &envelope.Verifier{Issuer: o.Issuer},
+		KeySets:  exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{})),
+		Signer:   s.keys,
+		Logger:   o.Logger,
+	}, exchange.Config{Issuer: o.Issuer})
+	if err != nil {
+		return nil, err
+	}
+	s.oauth = authz.NewHandler(authz.Deps{
+		Issuer:   o.Issuer,
+		Exchange: svc,
+		Store:    store,
+		Keys:     s.keys,
+		Hasher:   hasher,
+		Logger:   o.Logger,
+		Ready:    s.Ready,
+	})
+	s.admin = api.NewHandler(api.Deps{
+		Store:  store,
+		Hasher: hasher,
+		Auth:   adminAuth{s.oauth},
+		Keys:   s.keys,
+		Logger: o.Logger,
+		// Admin changes are rare: dropping the whole cache after each is simplest and exact.
+		// Other replicas see a change within the cache TTL (exchange.DefaultCacheTTL).
+		OnChange: svc.Catalog().InvalidateAll,
+	})
+	return s, nil
+}
+
+// Ready is /readyz: the store answers and a signing key is loaded.
+func (s *Server) Ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	if s.keys.ActiveKID() == "" {
+		return errors.New("no active signing key")
+	}
+	return nil
+}
+
+// PublicHandler serves the OAuth endpoints, metadata, JWKS and health checks.
+func (s *Server) PublicHandler() http.Handler { return s.metrics.instrument(s.oauth) }
+
+// AdminHandler serves /admin/v1, /metrics and, when enabled, /debug/pprof. It belongs on a
+// listener that only operators reach.
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(api.BasePath+"/", s.admin)
+	mux.Handle("GET /metrics", s.metrics.handler())
+	if s.pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}
+
+// Run does the background work until ctx ends: the key rotation loop and the garbage
+// collection of expired replay marks and issued-token records.
+func (s *Server) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := s.keys.Run(ctx); err != nil {
+			s.log.Error("key manager stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		s.collectGarbage(ctx, 5*time.Minute)
+	}()
+	wg.Wait()
+}
+
+// collectGarbage deletes expired replay marks and issued-token records: both are useless
+// once what they guard has expired.
+func (s *Server) collectGarbage(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		marks, err1 := s.store.DeleteExpiredReplayMarks(ctx, now)
+		toks, err2 := s.store.DeleteExpiredTokens(ctx, now.Add(-time.Minute))
+		if err := errors.Join(err1, err2); err != nil && ctx.Err() == nil {
+			s.log.Warn("garbage collection failed", "err", err)
+			continue
+		}
+		if marks+toks > 0 {
+			s.log.Debug("garbage collected", "replay_marks", marks, "tokens", toks)
+		}
+	}
+}
+
+// adminAuth adapts the OAuth server's bearer check to the admin API.
+type adminAuth struct{ s *authz.Server }
+
+func (a adminAuth) AuthenticateBearer(ctx context.Context, token string) (api.Principal, error) {
+	id, scopes, err := a.s.AuthenticateBearer(ctx, token)
+	if err != nil {
+		return api.Principal{}, err
+	}
+	return api.Principal{ClientID: id, Scopes: scopes}, nil
+}
