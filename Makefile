@@ -1,5 +1,5 @@
 # The commands README.md names. Tests that need Postgres read MANDATE_TEST_DATABASE_URL.
-.PHONY: run test bench fmt vet generate
+.PHONY: run test bench fmt vet generate demo
 
 run:
 	go run ./cmd/mandate
@@ -18,3 +18,7 @@ vet:
 
 generate:
 	go generate ./api
+
+# The end-to-end demo: IdP, Mandate (SQLite in a temp dir), MCP server, two APIs, audit trail.
+demo:
+	go run ./examples/demo
