@@ -14,7 +14,11 @@ import (
 // round trips; the admin API calls the Invalidate hooks after every change so the replica
 // that made it sees it at once, and other replicas within TTL.
 //
-// Grants are deliberately not cached: revocation must take effect immediately.
+// Grant lookups are cached too, which leaves a granted exchange one round trip (the commit).
+// That is safe for revocation because RecordIssuance re-checks, inside the commit, that the
+// grant is still unrevoked: a cached grant can never issue a token after its revocation has
+// committed. What the cache can delay, by at most its TTL on other replicas, is a newly
+// created grant being seen; that errs towards refusing.
 type Catalog struct {
 	store storage.Store
 	ttl   time.Duration
@@ -24,7 +28,11 @@ type Catalog struct {
 	clients   map[string]cached[*storage.Client]
 	audiences map[string]cached[*storage.Audience]
 	resources map[string]cached[*storage.Audience]
+	grants    map[grantKey]cached[[]storage.Grant]
 }
+
+// grantKey is a GrantQuery without its time: the cached list is filtered by time on each use.
+type grantKey struct{ tenant, subject, client, agent string }
 
 type cached[T any] struct {
 	v       T
@@ -46,6 +54,7 @@ func NewCatalog(store storage.Store, ttl time.Duration, now func() time.Time) *C
 		clients:   map[string]cached[*storage.Client]{},
 		audiences: map[string]cached[*storage.Audience]{},
 		resources: map[string]cached[*storage.Audience]{},
+		grants:    map[grantKey]cached[[]storage.Grant]{},
 	}
 }
 
@@ -65,6 +74,34 @@ func (c *Catalog) AudienceByResource(ctx context.Context, uri string) (*storage.
 	return lookup(c, c.resources, uri, func() (*storage.Audience, error) { return c.store.GetAudienceByResource(ctx, uri) })
 }
 
+// Grants returns the grants in force for q. The list is shared: callers must not modify it.
+func (c *Catalog) Grants(ctx context.Context, q storage.GrantQuery) ([]storage.Grant, error) {
+	key := grantKey{q.Tenant, q.Subject, q.ClientID, q.AgentID}
+	all, err := lookup(c, c.grants, key, func() ([]storage.Grant, error) {
+		// Load without the time bound's lower edge moving: grants that start within the TTL
+		// are not returned by the store, so they wait for the next load, as a new grant does.
+		return c.store.FindActiveGrants(ctx, q)
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Expiry is re-checked on every use, so a cached list never outlives a grant.
+	var live []storage.Grant
+	for i := range all {
+		if g := &all[i]; !q.Now.Before(g.NotBefore) && q.Now.Before(g.ExpiresAt) {
+			live = append(live, *g)
+		}
+	}
+	return live, nil
+}
+
+// ForgetGrants drops the cached grant list for q (after a commit found one revoked).
+func (c *Catalog) ForgetGrants(q storage.GrantQuery) {
+	c.mu.Lock()
+	delete(c.grants, grantKey{q.Tenant, q.Subject, q.ClientID, q.AgentID})
+	c.mu.Unlock()
+}
+
 // InvalidateClient drops the cached client id.
 func (c *Catalog) InvalidateClient(id string) {
 	c.mu.Lock()
@@ -78,6 +115,7 @@ func (c *Catalog) InvalidateAll() {
 	clear(c.clients)
 	clear(c.audiences)
 	clear(c.resources)
+	clear(c.grants)
 	c.mu.Unlock()
 }
 
@@ -90,7 +128,7 @@ func (c *Catalog) InvalidateAudiences() {
 	c.mu.Unlock()
 }
 
-func lookup[T any](c *Catalog, m map[string]cached[T], key string, load func() (T, error)) (T, error) {
+func lookup[K comparable, T any](c *Catalog, m map[K]cached[T], key K, load func() (T, error)) (T, error) {
 	now := c.now()
 	if c.ttl > 0 {
 		c.mu.Lock()

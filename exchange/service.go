@@ -247,6 +247,7 @@ func (s *Service) exchange(ctx context.Context, now time.Time, req Request, rec 
 
 	// 6. The grant (user actors) or the client's own limits (service actors), then scopes.
 	var grant *storage.Grant
+	var grantQuery storage.GrantQuery
 	var scopes []string
 	if service {
 		if mode != envelope.ModeServiceIdentity {
@@ -259,9 +260,10 @@ func (s *Service) exchange(ctx context.Context, now time.Time, req Request, rec 
 			return nil, err
 		}
 	} else {
-		grants, err := s.store.FindActiveGrants(ctx, storage.GrantQuery{
+		grantQuery = storage.GrantQuery{
 			Tenant: env.Actor.Tenant, Subject: env.Actor.Sub, ClientID: c.ID, AgentID: env.Agent.ID, Now: now,
-		})
+		}
+		grants, err := s.catalog.Grants(ctx, grantQuery)
 		if err != nil {
 			return nil, unavailable(err)
 		}
@@ -342,6 +344,9 @@ func (s *Service) exchange(ctx context.Context, now time.Time, req Request, rec 
 		rec.TokenJTI, rec.GrantedScopes = "", nil // nothing was issued
 		rec.ID = ""
 		if errors.Is(err, storage.ErrConflict) {
+			if grant != nil {
+				s.catalog.ForgetGrants(grantQuery) // the cached list may hold the revoked grant
+			}
 			return nil, s.conflict(ctx, grant)
 		}
 		return nil, unavailable(err)

@@ -150,6 +150,36 @@ func newFixture(tb testing.TB) *fixture {
 	return f
 }
 
+// A grant revoked behind the cache's back (by another replica, say) issues nothing: the commit
+// re-checks it. The cached list is then forgotten, so the next request reads the store again.
+func TestCachedGrantRevokedElsewhereIssuesNothing(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.svc.Exchange(ctx, f.request(f.envelope(t, nil), "orders_api")); err != nil {
+		t.Fatal(err)
+	}
+	// Revoke through the raw store: no admin API, so no cache invalidation on this replica.
+	if _, err := f.store.Store.RevokeGrant(ctx, f.grantID, "admin", "test", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	f.store.take()
+	env := f.envelope(t, nil)
+	_, err := f.svc.Exchange(ctx, f.request(env, "orders_api"))
+	if e := exchange.AsError(err); e == nil || e.Reason != exchange.ReasonGrantRevoked {
+		t.Fatalf("exchange under a revoked cached grant = %v, want %s", err, exchange.ReasonGrantRevoked)
+	}
+	if got := f.store.take(); !slices.Contains(got, "RecordIssuance") || slices.Contains(got, "FindActiveGrants") {
+		t.Fatalf("calls %v: the cached grant should have been tried and refused at commit", got)
+	}
+	_, err = f.svc.Exchange(ctx, f.request(env, "orders_api"))
+	if e := exchange.AsError(err); e == nil || e.Reason != exchange.ReasonNoActiveGrant {
+		t.Fatalf("next exchange = %v, want %s from a fresh lookup", err, exchange.ReasonNoActiveGrant)
+	}
+	if got := f.store.take(); !slices.Contains(got, "FindActiveGrants") {
+		t.Fatalf("calls %v: the revoked grant's cached list was not forgotten", got)
+	}
+}
+
 func must(tb testing.TB, err error) {
 	tb.Helper()
 	if err != nil {
@@ -181,8 +211,8 @@ func (f *fixture) request(tok, aud string) exchange.Request {
 	return exchange.Request{Client: f.client, SubjectToken: tok, SubjectTokenType: envelope.TokenType, Audiences: []string{aud}}
 }
 
-// The hot path: with clients and audiences cached, a granted exchange makes exactly two
-// store calls, FindActiveGrants and RecordIssuance.
+// The hot path: with clients, audiences and the grant lookup cached, a granted exchange makes
+// exactly one store call, RecordIssuance.
 func TestGrantedExchangeRoundTrips(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
@@ -200,7 +230,7 @@ func TestGrantedExchangeRoundTrips(t *testing.T) {
 		if res.Scope != "orders:read" || res.ExpiresIn != 300 || res.IssuedTokenType != exchange.TokenTypeAccessToken {
 			t.Errorf("result %+v", res)
 		}
-		if got, want := f.store.take(), []string{"FindActiveGrants", "RecordIssuance"}; !slices.Equal(got, want) {
+		if got, want := f.store.take(), []string{"RecordIssuance"}; !slices.Equal(got, want) {
 			t.Errorf("warm: calls %v, want %v", got, want)
 		}
 	}
