@@ -6,7 +6,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -21,16 +20,13 @@ import (
 	"time"
 
 	"github.com/getkin/kin-openapi/openapi3filter"
-	"github.com/jackc/pgx/v5"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 
 	"github.com/mandatehq/mandate/secret"
 	"github.com/mandatehq/mandate/storage"
-	"github.com/mandatehq/mandate/storage/postgres"
+	"github.com/mandatehq/mandate/storage/postgres/pgtest"
 	"github.com/mandatehq/mandate/storage/sqlite"
 )
-
-const pgURLEnv = "MANDATE_TEST_DATABASE_URL"
 
 // Bearer tokens the fake authenticator knows.
 const (
@@ -96,7 +92,7 @@ type backend struct {
 // unreachable URL fails the test).
 func backends() []backend {
 	b := []backend{{"sqlite", openSQLite}}
-	if os.Getenv(pgURLEnv) != "" {
+	if os.Getenv(pgtest.EnvURL) != "" {
 		b = append(b, backend{"postgres", openPostgres})
 	}
 	return b
@@ -112,50 +108,7 @@ func openSQLite(t testing.TB) storage.Store {
 	return s
 }
 
-// pgMigrate serializes this process's migrations: goose's lock is database-wide and a
-// waiting migrator sleeps for seconds.
-var pgMigrate sync.Mutex
-
-func openPostgres(t testing.TB) storage.Store {
-	t.Helper()
-	url := os.Getenv(pgURLEnv)
-	ctx := context.Background()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	schema := "mandate_api_test_" + hex.EncodeToString(b[:])
-	pgExec(t, url, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize())
-	t.Cleanup(func() { pgExec(t, url, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE") })
-	s, err := postgres.Open(ctx, url, postgres.Options{Schema: schema, MaxConns: 4})
-	if err != nil {
-		t.Fatalf("postgres.Open: %v", err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	p, err := s.Migrations()
-	if err != nil {
-		t.Fatalf("Migrations: %v", err)
-	}
-	pgMigrate.Lock()
-	_, err = p.Up(ctx)
-	pgMigrate.Unlock()
-	if err != nil {
-		t.Fatalf("migrate up: %v", err)
-	}
-	return s
-}
-
-func pgExec(t testing.TB, url, sql string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", pgURLEnv, err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-}
+func openPostgres(t testing.TB) storage.Store { return pgtest.Open(t) }
 
 // forEachBackend runs fn once per backend, each with a fresh store and server.
 func forEachBackend(t *testing.T, fn func(t *testing.T, e *env)) {

@@ -6,7 +6,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -15,12 +14,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 
 	"github.com/mandatehq/mandate/authz"
@@ -29,11 +26,9 @@ import (
 	"github.com/mandatehq/mandate/keys"
 	"github.com/mandatehq/mandate/secret"
 	"github.com/mandatehq/mandate/storage"
-	"github.com/mandatehq/mandate/storage/postgres"
+	"github.com/mandatehq/mandate/storage/postgres/pgtest"
 	"github.com/mandatehq/mandate/storage/sqlite"
 )
-
-const pgURLEnv = "MANDATE_TEST_DATABASE_URL"
 
 // backend opens a fresh, migrated store for one test.
 type backend struct {
@@ -45,7 +40,7 @@ type backend struct {
 // unreachable database fails the test).
 func backends() []backend {
 	bs := []backend{{"sqlite", openSQLite}}
-	if os.Getenv(pgURLEnv) != "" {
+	if os.Getenv(pgtest.EnvURL) != "" {
 		bs = append(bs, backend{"postgres", openPostgres})
 	}
 	return bs
@@ -68,48 +63,7 @@ func openSQLite(t testing.TB) storage.Store {
 	return s
 }
 
-var pgMigrate sync.Mutex // goose's lock is database-wide; see storage/postgres tests
-
-func openPostgres(t testing.TB) storage.Store {
-	t.Helper()
-	u := os.Getenv(pgURLEnv)
-	ctx := context.Background()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	schema := "authz_test_" + hex.EncodeToString(b[:])
-	pgExec(t, u, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize())
-	t.Cleanup(func() { pgExec(t, u, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE") })
-	s, err := postgres.Open(ctx, u, postgres.Options{Schema: schema, MaxConns: 4})
-	if err != nil {
-		t.Fatalf("postgres.Open: %v", err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	p, err := s.Migrations()
-	if err != nil {
-		t.Fatalf("Migrations: %v", err)
-	}
-	pgMigrate.Lock()
-	_, err = p.Up(ctx)
-	pgMigrate.Unlock()
-	if err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	return s
-}
-
-func pgExec(t testing.TB, u, sql string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", pgURLEnv, err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-}
+func openPostgres(t testing.TB) storage.Store { return pgtest.Open(t) }
 
 // clock is the one clock every component of a test shares; tests move it forward.
 type clock struct{ offset atomic.Int64 }

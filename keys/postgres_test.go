@@ -2,43 +2,22 @@ package keys_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/mandatehq/mandate/keys"
 	"github.com/mandatehq/mandate/storage/postgres"
+	"github.com/mandatehq/mandate/storage/postgres/pgtest"
 )
 
 // openPostgres opens two Stores ("replicas") on one fresh, migrated schema. It skips when
 // MANDATE_TEST_DATABASE_URL is unset and fails when it is set but unreachable.
 func openPostgres(t *testing.T) (a, b *postgres.Store) {
 	t.Helper()
-	url := os.Getenv("MANDATE_TEST_DATABASE_URL")
-	if url == "" {
-		t.Skip("MANDATE_TEST_DATABASE_URL is not set; skipping the Postgres replica test")
-	}
+	schema, _ := pgtest.Schema(t)
+	url := pgtest.BaseURL(t)
 	ctx := context.Background()
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	schema := "mandate_keys_test_" + hex.EncodeToString(rnd[:])
-	exec := func(sql string) {
-		conn, err := pgx.Connect(ctx, url)
-		if err != nil {
-			t.Fatalf("connect: %v", err)
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
-	exec("CREATE SCHEMA " + pgx.Identifier{schema}.Sanitize())
-	t.Cleanup(func() { exec("DROP SCHEMA " + pgx.Identifier{schema}.Sanitize() + " CASCADE") })
 	open := func() *postgres.Store {
 		s, err := postgres.Open(ctx, url, postgres.Options{Schema: schema, MaxConns: 2})
 		if err != nil {

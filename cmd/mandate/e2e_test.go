@@ -22,14 +22,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/mandatehq/mandate/storage/postgres/pgtest"
+
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 	"github.com/lestrrat-go/jwx/v3/jws"
@@ -55,47 +55,15 @@ func sqliteBackend(t *testing.T) (map[string]string, []string) {
 		[]string{"--database", filepath.Join(t.TempDir(), "mandate.db")}
 }
 
-// postgresBackend gives the test its own schema, selected by the search_path runtime
-// parameter in the database URL (pgx passes unknown URL parameters to the server), and
-// drops it once the server has stopped. Unset MANDATE_TEST_DATABASE_URL skips; set but
-// unreachable fails.
+// postgresBackend gives the test its own schema, selected by the database URL's search_path.
+// Unset MANDATE_TEST_DATABASE_URL skips; set but unreachable fails.
 func postgresBackend(t *testing.T) (map[string]string, []string) {
-	base := os.Getenv("MANDATE_TEST_DATABASE_URL")
-	if base == "" {
-		t.Skip("MANDATE_TEST_DATABASE_URL is not set; skipping the Postgres run")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatalf("MANDATE_TEST_DATABASE_URL is set but Postgres is unreachable: %v", err)
-	}
-	schema := "e2e_" + randHex(t, 8)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
-		conn.Close(ctx)
-		t.Fatalf("create schema: %v", err)
-	}
-	// Registered before the server starts, so it runs after the server has stopped.
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := conn.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-		conn.Close(ctx)
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatalf("MANDATE_TEST_DATABASE_URL: %v", err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
+	_, u := pgtest.Schema(t) // dropped at cleanup, after the server started below has stopped
 	return map[string]string{
 			"MANDATE_BOOTSTRAP_ADMIN_SECRET": e2eAdminSecret,
 			"MANDATE_SECRET":                 e2eSecret,
 		},
-		[]string{"--database", u.String(), "--auto-migrate"}
+		[]string{"--database", u, "--auto-migrate"}
 }
 
 // onBackends runs fn once per backend, each against its own freshly started server.

@@ -2,61 +2,23 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"io"
 	"net/http"
-	"net/url"
-	"os"
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/mandatehq/mandate/storage/postgres/pgtest"
 )
 
 const testSecret = "test-deployment-secret-0123456789abcdef"
 
 // postgresURL returns a database URL for a fresh, empty schema of its own (dropped at the end
-// of the test), or skips when MANDATE_TEST_DATABASE_URL is unset. A set but unreachable
-// database fails the test: CI must not pass by skipping.
+// of the test), or skips when MANDATE_TEST_DATABASE_URL is unset.
 func postgresURL(t *testing.T) string {
 	t.Helper()
-	base := os.Getenv("MANDATE_TEST_DATABASE_URL")
-	if base == "" {
-		t.Skip("MANDATE_TEST_DATABASE_URL is not set; Postgres cases skipped")
-	}
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatalf("MANDATE_TEST_DATABASE_URL is set but Postgres is unreachable: %v", err)
-	}
-	defer conn.Close(ctx)
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	schema := "cmd_" + hex.EncodeToString(b)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), base)
-		if err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-			return
-		}
-		defer c.Close(context.Background())
-		if _, err := c.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema) // pgx passes unknown parameters to the server as settings
-	u.RawQuery = q.Encode()
-	return u.String()
+	_, u := pgtest.Schema(t)
+	return u
 }
 
 func TestServePostgresNeedsMigrateUpFirst(t *testing.T) {
