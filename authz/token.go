@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -44,8 +46,48 @@ func (s *Server) handleToken() http.Handler {
 			writeError(w, r, s.log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, resp.ToMap())
+		writeTokenResponse(w, resp.ToMap())
 	})
+}
+
+// writeTokenResponse writes a token response with the bytes writeJSON would produce, without
+// its reflection over the map: the values are strings and integers (fosite's ToMap of what
+// populate sets), encoded by hand with the keys sorted as encoding/json sorts them, in one
+// Write with its Content-Length. Any other value falls back to writeJSON.
+func writeTokenResponse(w http.ResponseWriter, m map[string]any) {
+	var keyBuf [8]string
+	keys := keyBuf[:0]
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b := make([]byte, 0, 1024)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = exchange.AppendJSONString(b, k)
+		b = append(b, ':')
+		switch v := m[k].(type) {
+		case string:
+			b = exchange.AppendJSONString(b, v)
+		case int64:
+			b = strconv.AppendInt(b, v, 10)
+		case int:
+			b = strconv.AppendInt(b, int64(v), 10)
+		default:
+			writeJSON(w, http.StatusOK, m)
+			return
+		}
+	}
+	b = append(b, '}', '\n')
+	h := w.Header()
+	noStore(h)
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
 }
 
 // parseForm reads a form-encoded body of at most 64 KiB into r.PostForm, where fosite looks

@@ -13,7 +13,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"math/big"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -125,7 +124,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string, c Client) (*Claims, e
 		return nil, refusef(ReasonBadFormat, err, "the envelope header is not valid base64url")
 	}
 	var h header
-	if err := decodeObject(hdrJSON, &h); err != nil {
+	if err := decodeHeader(bytes.TrimSpace(hdrJSON), &h); err != nil {
 		return nil, refusef(ReasonBadFormat, err, "the envelope header is not a valid JSON object")
 	}
 	// RFC 7515 §4.1.9: typ is a media type, compared case-insensitively,
@@ -170,13 +169,8 @@ func (v *Verifier) Verify(ctx context.Context, raw string, c Client) (*Claims, e
 	if err != nil {
 		return nil, refusef(ReasonBadFormat, err, "the envelope claims are not valid base64url")
 	}
-	var wire wireClaims
 	claims := new(Claims)
-	err = decodeObject(payload, &wire)
-	if err == nil {
-		err = wire.into(claims)
-	}
-	if err != nil {
+	if err := decodeClaims(bytes.TrimSpace(payload), claims); err != nil {
 		return nil, refusef(ReasonBadFormat, err, "the envelope claims are not a JSON object with members of the expected types")
 	}
 	if err := v.checkClaims(claims, c); err != nil {
@@ -196,16 +190,6 @@ func base64URLChars(s string) bool {
 		}
 	}
 	return true
-}
-
-// decodeObject decodes a JSON object; json.Unmarshal already refuses
-// trailing data, so "{...}garbage" fails too.
-func decodeObject(data []byte, dst any) error {
-	data = bytes.TrimSpace(data)
-	if len(data) == 0 || data[0] != '{' {
-		return errors.New("not a JSON object")
-	}
-	return json.Unmarshal(data, dst)
 }
 
 func lookupKey(ctx context.Context, ks KeySet, kid string) (*verificationKey, error) {
@@ -262,9 +246,9 @@ func verifySignature(alg string, key any, input string, sig []byte) bool {
 			d := sha512.Sum384([]byte(input))
 			digest = d[:]
 		}
-		r := new(big.Int).SetBytes(sig[:size])
-		s := new(big.Int).SetBytes(sig[size:])
-		return ecdsa.Verify(pub, digest, r, s)
+		var buf [2 + 2*(3+48)]byte
+		der, ok := rsToDER(buf[:0], sig[:size], sig[size:])
+		return ok && ecdsa.VerifyASN1(pub, digest, der)
 	case AlgEdDSA:
 		pub, ok := key.(ed25519.PublicKey)
 		return ok && len(sig) == ed25519.SignatureSize && ed25519.Verify(pub, []byte(input), sig)
@@ -282,6 +266,34 @@ func verifySignature(alg string, key any, input string, sig []byte) bool {
 		return rsa.VerifyPSS(pub, crypto.SHA256, d[:], sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}) == nil
 	}
 	return false
+}
+
+// rsToDER appends the ASN.1 ECDSA-Sig-Value of the fixed-width R || S halves r and s, as
+// ecdsa.Verify builds it from big.Ints before calling VerifyASN1 (minimal INTEGERs, a zero byte
+// before a set high bit), without the big.Int and builder allocations. ok is false when r or s
+// is zero, which ecdsa.Verify refuses too. Halves are at most 48 bytes (P-384), so every length
+// fits in one byte.
+func rsToDER(dst, r, s []byte) (der []byte, ok bool) {
+	trim := func(b []byte) []byte {
+		for len(b) > 0 && b[0] == 0 {
+			b = b[1:]
+		}
+		return b
+	}
+	r, s = trim(r), trim(s)
+	if len(r) == 0 || len(s) == 0 {
+		return nil, false
+	}
+	intLen := func(b []byte) int { return len(b) + int(b[0]>>7) }
+	dst = append(dst, 0x30, byte(2+intLen(r)+2+intLen(s)))
+	for _, b := range [2][]byte{r, s} {
+		dst = append(dst, 0x02, byte(intLen(b)))
+		if b[0]&0x80 != 0 {
+			dst = append(dst, 0)
+		}
+		dst = append(dst, b...)
+	}
+	return dst, true
 }
 
 func (v *Verifier) now() time.Time {

@@ -2,7 +2,6 @@ package exchange
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -432,11 +431,7 @@ func (s *Service) resolveTarget(ctx context.Context, req Request) (*storage.Audi
 }
 
 func (s *Service) sign(claims *TokenClaims) (string, error) {
-	payload, err := json.Marshal(claims)
-	if err != nil {
-		return "", fail(CodeServerError, ReasonSigningFailed, "the token could not be issued", err)
-	}
-	token, _, err := s.signer.Sign(payload, TypAccessToken)
+	token, _, err := s.signer.Sign(claims.AppendJSON(make([]byte, 0, 640)), TypAccessToken)
 	if err != nil {
 		return "", fail(CodeServerError, ReasonSigningFailed, "the token could not be issued", err)
 	}
