@@ -471,7 +471,13 @@ func (b *bench) exchange(ctx context.Context, body []byte, buf *bytes.Buffer) (s
 		return "", err
 	}
 	if res.StatusCode == http.StatusOK {
-		if !bytes.Contains(buf.Bytes(), []byte(`"access_token"`)) {
+		// Parsed as a client would, so a malformed success counts as an error, not a win.
+		var ok struct {
+			AccessToken string `json:"access_token"`
+			TokenType   string `json:"token_type"`
+			ExpiresIn   int64  `json:"expires_in"`
+		}
+		if json.Unmarshal(buf.Bytes(), &ok) != nil || ok.AccessToken == "" || ok.TokenType != "Bearer" || ok.ExpiresIn <= 0 {
 			return "bad_response", nil
 		}
 		return "", nil
