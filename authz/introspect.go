@@ -32,27 +32,8 @@ type introspection struct {
 // APIs register as clients for this); the answer depends only on the token.
 func (s *Server) handleIntrospect() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		form, err := parseForm(w, r)
-		if err == nil {
-			err = singletons(form, "token", "token_type_hint", "client_id", "client_secret", "client_assertion", "client_assertion_type")
-		}
-		if err != nil {
-			writeError(w, r, s.log, err)
-			return
-		}
-		ctx := r.Context()
-		if _, err := s.oauth.AuthenticateClient(ctx, r, form); err != nil {
-			writeError(w, r, s.log, err)
-			return
-		}
-		token := form.Get("token")
-		if token == "" {
-			writeError(w, r, s.log, invalidRequest("token is required"))
-			return
-		}
-		st, err := s.inspect(ctx, token)
-		if err != nil {
-			writeError(w, r, s.log, err)
+		_, st, ok := s.tokenRequest(w, r)
+		if !ok {
 			return
 		}
 		if !st.active {

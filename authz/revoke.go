@@ -15,42 +15,22 @@ const EventRevoke = "revoke"
 // endpoint tells nothing about tokens to those who do not hold them.
 func (s *Server) handleRevoke() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		form, err := parseForm(w, r)
-		if err == nil {
-			err = singletons(form, "token", "token_type_hint", "client_id", "client_secret", "client_assertion", "client_assertion_type")
-		}
-		if err != nil {
-			writeError(w, r, s.log, err)
-			return
-		}
-		ctx := r.Context()
-		fc, err := s.oauth.AuthenticateClient(ctx, r, form)
-		if err != nil {
-			writeError(w, r, s.log, err)
-			return
-		}
-		token := form.Get("token")
-		if token == "" {
-			writeError(w, r, s.log, invalidRequest("token is required"))
-			return
-		}
-		st, err := s.inspect(ctx, token)
-		if err != nil {
-			writeError(w, r, s.log, err)
+		clientID, st, ok := s.tokenRequest(w, r)
+		if !ok {
 			return
 		}
 		if st.record == nil || !st.record.RevokedAt.IsZero() {
 			revoked(w)
 			return
 		}
-		if st.record.ClientID != fc.GetID() {
+		if st.record.ClientID != clientID {
 			writeError(w, r, s.log, unauthorizedClient("the token was not issued to this client"))
 			return
 		}
 		now := s.now()
 		rec := &storage.AuditRecord{
 			ID: storage.NewID("evt"), Time: now, Event: EventRevoke, Outcome: storage.OutcomeGranted,
-			Reason: "revoked", ClientID: fc.GetID(), Audience: st.record.Audience, TokenJTI: st.record.JTI,
+			Reason: "revoked", ClientID: clientID, Audience: st.record.Audience, TokenJTI: st.record.JTI,
 			GrantID: st.record.GrantID, RemoteAddr: hostOf(r.RemoteAddr),
 		}
 		if c := st.claims; c != nil {
@@ -58,7 +38,8 @@ func (s *Server) handleRevoke() http.Handler {
 			rec.DelegationMode, rec.TraceID, rec.SessionID = c.DelegationMode, c.TraceID, c.SessionID
 		}
 		// The revocation and its audit record commit together, like an issuance.
-		err = s.store.InTx(ctx, func(tx storage.Store) error {
+		ctx := r.Context()
+		err := s.store.InTx(ctx, func(tx storage.Store) error {
 			if err := tx.RevokeToken(ctx, st.record.JTI, now); err != nil {
 				return err
 			}

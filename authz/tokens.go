@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 
 	"github.com/mandatehq/mandate/exchange"
@@ -21,6 +22,35 @@ type tokenState struct {
 	record *storage.TokenState // nil when there is no record
 	active bool
 	why    string // when not active, for logs
+}
+
+// tokenRequest is the part introspection and revocation share (RFC 7662 §2.1, RFC 7009 §2.1):
+// the form with its singleton parameters, the client's authentication, the required token
+// parameter, and the token's state. On false the error answer has been written.
+func (s *Server) tokenRequest(w http.ResponseWriter, r *http.Request) (clientID string, st *tokenState, ok bool) {
+	form, err := parseForm(w, r)
+	if err == nil {
+		err = singletons(form, "token", "token_type_hint", "client_id", "client_secret", "client_assertion", "client_assertion_type")
+	}
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return "", nil, false
+	}
+	fc, err := s.oauth.AuthenticateClient(r.Context(), r, form)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return "", nil, false
+	}
+	token := form.Get("token")
+	if token == "" {
+		writeError(w, r, s.log, invalidRequest("token is required"))
+		return "", nil, false
+	}
+	if st, err = s.inspect(r.Context(), token); err != nil {
+		writeError(w, r, s.log, err)
+		return "", nil, false
+	}
+	return fc.GetID(), st, true
 }
 
 // inspect verifies a token Mandate issued and reads its state: signature and typ with the
