@@ -109,7 +109,6 @@ CREATE TABLE issued_tokens (
 );
 
 CREATE INDEX issued_tokens_expires_at ON issued_tokens (expires_at);
-CREATE INDEX issued_tokens_grant_id ON issued_tokens (grant_id);
 
 CREATE TABLE audit_log (
     id               text        COLLATE "C" NOT NULL PRIMARY KEY,

@@ -104,7 +104,6 @@ CREATE TABLE issued_tokens (
 ) STRICT;
 
 CREATE INDEX issued_tokens_expires_at ON issued_tokens (expires_at);
-CREATE INDEX issued_tokens_grant_id ON issued_tokens (grant_id);
 
 CREATE TABLE audit_log (
     id               TEXT    NOT NULL PRIMARY KEY,
