@@ -28,6 +28,7 @@ func TestNoChangeWithoutItsAuditRecord(t *testing.T) {
 			good := newEnv(t, real)
 			good.must(201, req{method: "POST", path: "/admin/v1/clients", token: tokAdmin, body: map[string]any{"client_id": "kept"}})
 			good.must(201, req{method: "POST", path: "/admin/v1/audiences", token: tokAdmin, body: map[string]any{"id": "aud", "scopes": []string{"s"}}})
+			good.must(201, req{method: "POST", path: "/admin/v1/audiences", token: tokAdmin, body: map[string]any{"id": "spare"}})
 			g := decode[Grant](t, good.must(201, req{method: "POST", path: "/admin/v1/grants", token: tokAdmin, body: map[string]any{
 				"tenant": "t", "subject": "u", "client_id": "kept", "audiences": []string{"aud"}, "scopes": []string{"s"},
 				"expires_at": good.clock().Add(3600e9),
@@ -38,7 +39,7 @@ func TestNoChangeWithoutItsAuditRecord(t *testing.T) {
 				{method: "POST", path: "/admin/v1/clients", body: map[string]any{"client_id": "lost"}},
 				{method: "PATCH", path: "/admin/v1/clients/kept", body: map[string]any{"name": "changed"}},
 				{method: "POST", path: "/admin/v1/clients/kept/secret"},
-				{method: "DELETE", path: "/admin/v1/audiences/aud"},
+				{method: "DELETE", path: "/admin/v1/audiences/spare"},
 				{method: "POST", path: "/admin/v1/grants/" + g.ID + "/revoke", body: map[string]any{"reason": "x"}},
 			} {
 				r.token = tokAdmin
@@ -50,7 +51,7 @@ func TestNoChangeWithoutItsAuditRecord(t *testing.T) {
 			if c, _ := real.GetClient(ctx, "kept"); c.Name != "" || c.PreviousSecretHash != nil {
 				t.Error("an update or rotation committed without its audit record")
 			}
-			if _, err := real.GetAudience(ctx, "aud"); err != nil {
+			if _, err := real.GetAudience(ctx, "spare"); err != nil {
 				t.Error("a delete committed without its audit record")
 			}
 			if got, _ := real.GetGrant(ctx, g.ID); !got.RevokedAt.IsZero() {

@@ -116,6 +116,20 @@ func (s *server) UpdateAudience(ctx context.Context, req UpdateAudienceRequestOb
 
 func (s *server) DeleteAudience(ctx context.Context, req DeleteAudienceRequestObject) (DeleteAudienceResponseObject, error) {
 	err := s.store.InTx(ctx, func(tx storage.Store) error {
+		// A grant names its audiences by id: deleting one that active grants still name
+		// would leave them pointing at whatever audience is registered under that id next.
+		inUse, _, err := tx.ListGrants(ctx, storage.GrantFilter{
+			Audience: req.AudienceID, Status: storage.GrantActive, Now: s.now(), Page: storage.Page{Limit: 1},
+		})
+		if err != nil {
+			return err
+		}
+		if len(inUse) > 0 {
+			if _, err := tx.GetAudience(ctx, req.AudienceID); err != nil {
+				return err
+			}
+			return errAudienceInUse
+		}
 		if err := tx.DeleteAudience(ctx, req.AudienceID); err != nil {
 			return err
 		}

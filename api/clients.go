@@ -166,7 +166,7 @@ func (s *server) UpdateClient(ctx context.Context, req UpdateClientRequestObject
 			map[string]any{"client_id": req.ClientID, "changed": changed})
 	})
 	if err != nil {
-		return nil, withDetail(err, "no such client")
+		return nil, notFoundDetail(err, "no such client")
 	}
 	return UpdateClient200JSONResponse(s.clientOut(updated)), nil
 }
@@ -219,7 +219,7 @@ func (s *server) RotateClientSecret(ctx context.Context, req RotateClientSecretR
 			map[string]any{"client_id": req.ClientID, "grace_period": grace})
 	})
 	if err != nil {
-		return nil, withDetail(err, "no such client")
+		return nil, notFoundDetail(err, "no such client")
 	}
 	out := RotateClientSecret200JSONResponse{ClientSecret: plain}
 	if len(updated.PreviousSecretHash) > 0 {

@@ -3,13 +3,17 @@ package api
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -148,24 +152,30 @@ func validateRequests(v *validator, p problems, next http.Handler) http.Handler 
 			p.write(w, r, errNoRoute)
 			return
 		}
-		if r.ContentLength > maxBodyBytes {
-			p.write(w, r, errTooLarge)
-			return
-		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-		if err != nil {
-			var tooLarge *http.MaxBytesError
-			if errors.As(err, &tooLarge) {
+		var body []byte
+		if route.Operation.RequestBody != nil {
+			if r.ContentLength > maxBodyBytes {
 				p.write(w, r, errTooLarge)
 				return
 			}
-			p.write(w, r, invalidField("body", "could not be read"))
-			return
+			var err error
+			body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+			if err != nil {
+				var tooLarge *http.MaxBytesError
+				if errors.As(err, &tooLarge) {
+					p.write(w, r, errTooLarge)
+					return
+				}
+				p.write(w, r, invalidField("body", "could not be read"))
+				return
+			}
+			if len(body) > 0 && !isJSON(r.Header.Get("Content-Type")) {
+				p.write(w, r, errMediaType)
+				return
+			}
 		}
-		if len(body) > 0 && route.Operation.RequestBody != nil && !isJSON(r.Header.Get("Content-Type")) {
-			p.write(w, r, errMediaType)
-			return
-		}
+		// A call without a request body in the spec ignores whatever came, unread, so that
+		// its answers stay the ones the spec lists for it.
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		if len(body) == 0 {
@@ -179,9 +189,74 @@ func validateRequests(v *validator, p problems, next http.Handler) http.Handler 
 			p.write(w, r, ve.err())
 			return
 		}
+		if fields := textErrors(r.URL.Query(), body); len(fields) > 0 {
+			p.write(w, r, (&validation{fields: fields}).err())
+			return
+		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		next.ServeHTTP(w, r)
 	})
+}
+
+// textErrors names the query parameters and body members the schema lets through but no
+// store keeps: NUL characters and invalid UTF-8 (Postgres rejects both, which would be a
+// 500), and data after the body's JSON value (which the decoder would silently drop).
+func textErrors(query url.Values, body []byte) []FieldError {
+	const msg = "must be UTF-8 text without NUL characters"
+	var out []FieldError
+	names := make([]string, 0, len(query))
+	for name := range query {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		for _, v := range query[name] {
+			if !utf8.ValidString(v) || strings.ContainsRune(v, 0) {
+				out = append(out, FieldError{Field: name, Message: msg})
+				break
+			}
+		}
+	}
+	if len(body) == 0 {
+		return out
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return append(out, FieldError{Field: "body", Message: "is not valid JSON"})
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		out = append(out, FieldError{Field: "body", Message: "has data after the JSON value"})
+	}
+	var walk func(v any, field string)
+	walk = func(v any, field string) {
+		switch x := v.(type) {
+		case string:
+			if strings.ContainsRune(x, 0) {
+				out = append(out, FieldError{Field: orBody(field), Message: msg})
+			}
+		case []any:
+			for i, e := range x {
+				walk(e, joinNonEmpty(field, strconv.Itoa(i)))
+			}
+		case map[string]any:
+			keys := make([]string, 0, len(x))
+			for k := range x {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			for _, k := range keys {
+				if strings.ContainsRune(k, 0) {
+					out = append(out, FieldError{Field: orBody(field), Message: "has a member name with a NUL character"})
+					continue
+				}
+				walk(x[k], joinNonEmpty(field, k))
+			}
+		}
+	}
+	walk(v, "")
+	return out
 }
 
 func isJSON(contentType string) bool {

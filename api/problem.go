@@ -45,6 +45,8 @@ var (
 	errMediaType = &apiError{status: 415, typ: problemMediaType, title: "Unsupported media type", detail: "the body must be application/json"}
 	// errNoSecret: a secret was asked of a client that authenticates with keys.
 	errNoSecret = &apiError{status: 409, typ: problemConflict, title: "Conflict", detail: "the client uses private_key_jwt and has no secret"}
+	// errAudienceInUse: an audience that active grants name cannot be deleted.
+	errAudienceInUse = &apiError{status: 409, typ: problemConflict, title: "Conflict", detail: "active grants name this audience: revoke them first"}
 )
 
 // storageErrors maps storage sentinels to answers: the one place they meet the wire.
@@ -72,6 +74,15 @@ func withDetail(err error, detail string) error {
 		return nil
 	}
 	return &detailed{err: err, detail: detail}
+}
+
+// notFoundDetail tells the caller detail when err is storage.ErrNotFound, and leaves every
+// other error (a validation answer, a conflict) with its own detail.
+func notFoundDetail(err error, detail string) error {
+	if errors.Is(err, storage.ErrNotFound) {
+		return withDetail(err, detail)
+	}
+	return err
 }
 
 // validation collects invalid fields, so one answer names all of them.
