@@ -13,6 +13,7 @@ import (
 const (
 	ReasonClientAuthFailed = "client_authentication_failed"
 	ReasonMalformedRequest = "malformed_request"
+	ReasonNotTokenOwner    = "token_not_issued_to_client"
 )
 
 // auditRefusal records a token endpoint refusal that exchange did not record itself (client
@@ -32,32 +33,38 @@ func (s *Server) auditRefusal(r *http.Request, form url.Values, err error) {
 	default:
 		return
 	}
+	s.auditDenial(r, event, form, err, nil)
+}
+
+// auditDenial records a refusal of event. rec, when not nil, carries what is known about the
+// refused request (its reason included); otherwise the reason follows from err.
+func (s *Server) auditDenial(r *http.Request, event string, form url.Values, err error, rec *storage.AuditRecord) {
 	status, wire := toWire(err)
 	if errors.Is(err, errUnavailable) || status >= 500 {
 		return // the store is what failed; the log has it
 	}
-	reason := ReasonMalformedRequest
-	switch wire.Error {
-	case "invalid_client":
-		reason = ReasonClientAuthFailed
-	case "unauthorized_client":
-		reason = exchange.ReasonGrantTypeNotAllowed
-	}
-	clientID := form.Get("client_id")
-	if id, _, ok := r.BasicAuth(); ok {
-		if dec, err := url.QueryUnescape(id); err == nil {
-			clientID = dec
+	if rec == nil {
+		reason := ReasonMalformedRequest
+		switch wire.Error {
+		case "invalid_client":
+			reason = ReasonClientAuthFailed
+		case "unauthorized_client":
+			reason = exchange.ReasonGrantTypeNotAllowed
 		}
+		clientID := form.Get("client_id")
+		if id, _, ok := r.BasicAuth(); ok {
+			if dec, err := url.QueryUnescape(id); err == nil {
+				clientID = dec
+			}
+		}
+		if len(clientID) > 256 {
+			clientID = clientID[:256]
+		}
+		rec = &storage.AuditRecord{Reason: reason, ClientID: clientID}
 	}
-	if len(clientID) > 256 {
-		clientID = clientID[:256]
-	}
-	now := s.now()
-	rec := &storage.AuditRecord{
-		ID: storage.NewID("evt"), Time: now, Event: event, Outcome: storage.OutcomeDenied, Reason: reason,
-		ClientID: clientID, RemoteAddr: hostOf(r.RemoteAddr),
-	}
+	rec.ID, rec.Time, rec.Event, rec.Outcome = storage.NewID("evt"), s.now(), event, storage.OutcomeDenied
+	rec.RemoteAddr = hostOf(r.RemoteAddr)
 	if aerr := s.store.AppendAudit(r.Context(), rec); aerr != nil {
-		s.log.ErrorContext(r.Context(), "audit write failed", "event", event, "reason", reason, "err", aerr)
+		s.log.ErrorContext(r.Context(), "audit write failed", "event", event, "reason", rec.Reason, "err", aerr)
 	}
 }

@@ -235,7 +235,7 @@ func TestIntrospectionAndRevocation(t *testing.T) {
 			t.Errorf("unknown token: %d, want 200", rv.status)
 		}
 		wantError(t, e.post("/oauth2/revoke", clientID, url.Values{}), 400, "invalid_request")
-		items, _, err := st.ListAudit(ctx, storage.AuditFilter{Event: authz.EventRevoke})
+		items, _, err := st.ListAudit(ctx, storage.AuditFilter{Event: authz.EventRevoke, Outcome: storage.OutcomeGranted})
 		if err != nil || len(items) != 1 || items[0].ClientID != clientID {
 			t.Errorf("revoke audit: %+v %v", items, err)
 		}

@@ -32,7 +32,7 @@ type introspection struct {
 // APIs register as clients for this); the answer depends only on the token.
 func (s *Server) handleIntrospect() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, st, ok := s.tokenRequest(w, r)
+		_, st, ok := s.tokenRequest(w, r, "")
 		if !ok {
 			return
 		}

@@ -15,7 +15,7 @@ const EventRevoke = "revoke"
 // endpoint tells nothing about tokens to those who do not hold them.
 func (s *Server) handleRevoke() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		clientID, st, ok := s.tokenRequest(w, r)
+		clientID, st, ok := s.tokenRequest(w, r, EventRevoke)
 		if !ok {
 			return
 		}
@@ -24,7 +24,14 @@ func (s *Server) handleRevoke() http.Handler {
 			return
 		}
 		if st.record.ClientID != clientID {
-			writeError(w, r, s.log, unauthorizedClient("the token was not issued to this client"))
+			// Audited with what identifies the token, but none of its owner's user context:
+			// the refused client is not the one acting for that user.
+			err := unauthorizedClient("the token was not issued to this client")
+			s.auditDenial(r, EventRevoke, nil, err, &storage.AuditRecord{
+				Reason: ReasonNotTokenOwner, ClientID: clientID, Audience: st.record.Audience,
+				TokenJTI: st.record.JTI, GrantID: st.record.GrantID,
+			})
+			writeError(w, r, s.log, err)
 			return
 		}
 		now := s.now()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/mandatehq/mandate/exchange"
@@ -26,25 +27,34 @@ type tokenState struct {
 
 // tokenRequest is the part introspection and revocation share (RFC 7662 §2.1, RFC 7009 §2.1):
 // the form with its singleton parameters, the client's authentication, the required token
-// parameter, and the token's state. On false the error answer has been written.
-func (s *Server) tokenRequest(w http.ResponseWriter, r *http.Request) (clientID string, st *tokenState, ok bool) {
+// parameter, and the token's state. On false the error answer has been written, and a
+// refusal audited under event unless event is "" (introspection is not an audit event).
+func (s *Server) tokenRequest(w http.ResponseWriter, r *http.Request, event string) (clientID string, st *tokenState, ok bool) {
 	form, err := parseForm(w, r)
-	if err == nil {
-		err = singletons(form, "token", "token_type_hint", "client_id", "client_secret", "client_assertion", "client_assertion_type")
-	}
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return "", nil, false
+	}
+	refuse := func(err error) (string, *tokenState, bool) {
+		if event != "" {
+			s.auditDenial(r, event, form, err, nil)
+		}
+		writeError(w, r, s.log, err)
+		return "", nil, false
+	}
+	if err := singletons(form, "token", "token_type_hint", "client_id", "client_secret", "client_assertion", "client_assertion_type"); err != nil {
+		return refuse(err)
 	}
 	fc, err := s.oauth.AuthenticateClient(r.Context(), r, form)
 	if err != nil {
-		writeError(w, r, s.log, err)
-		return "", nil, false
+		return refuse(err)
 	}
 	token := form.Get("token")
-	if token == "" {
-		writeError(w, r, s.log, invalidRequest("token is required"))
-		return "", nil, false
+	switch {
+	case token == "":
+		return refuse(invalidRequest("token is required"))
+	case len(token) > maxTokenBytes:
+		return refuse(invalidRequest("token is larger than 8 KiB"))
 	}
 	if st, err = s.inspect(r.Context(), token); err != nil {
 		writeError(w, r, s.log, err)
@@ -128,5 +138,13 @@ func (s *Server) AuthenticateBearer(ctx context.Context, token string) (clientID
 	case c.Disabled:
 		return "", nil, fmt.Errorf("%w: client disabled", ErrInvalidToken)
 	}
-	return cl.ClientID, strings.Fields(cl.Scope), nil
+	// Only scopes the client still holds count: taking mandate:admin away from a client takes
+	// it from the tokens it already has, as disabling it does.
+	var held []string
+	for _, sc := range strings.Fields(cl.Scope) {
+		if slices.Contains(c.AllowedScopes, sc) {
+			held = append(held, sc)
+		}
+	}
+	return cl.ClientID, held, nil
 }
