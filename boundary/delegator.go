@@ -57,7 +57,8 @@ type DelegatorConfig struct {
 
 // Delegator exchanges identities for Mandate access tokens, one per downstream audience,
 // and caches each until shortly before it expires, per (tenant, user, agent, audience,
-// scopes, mode). Concurrent requests for the same key share one exchange.
+// requested scopes, mode, the identity's scopes). Concurrent requests for the same key
+// share one exchange.
 type Delegator struct {
 	cfg   DelegatorConfig
 	group singleflight.Group
@@ -139,11 +140,15 @@ func (d *Delegator) Exchanges() int {
 }
 
 func cacheKey(id *Identity, audience string, scopes []string) string {
-	s := slices.Clone(scopes)
-	slices.Sort(s)
-	s = slices.Compact(s)
-	// JSON keeps the parts apart whatever characters they contain.
-	b, _ := json.Marshal([]any{id.Actor.Type, id.Actor.Tenant, id.Actor.Sub, id.Agent.ID, id.Mode, audience, s})
+	set := func(l []string) []string {
+		s := slices.Clone(l)
+		slices.Sort(s)
+		return slices.Compact(s)
+	}
+	// The identity's scopes are the envelope's, which bound what Mandate issues: a token
+	// exchanged for a broader inbound token must not serve a narrower one. JSON keeps the
+	// parts apart whatever characters they contain.
+	b, _ := json.Marshal([]any{id.Actor.Type, id.Actor.Tenant, id.Actor.Sub, id.Agent.ID, id.Mode, audience, set(scopes), set(id.Scopes)})
 	return string(b)
 }
 

@@ -3,6 +3,7 @@ package boundary
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/auth"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -27,13 +28,15 @@ const tokenInfoExtraKey = "mandate.boundary.identity"
 func (b *Boundary) MCPHandler(server *mcp.Server, opts *mcp.StreamableHTTPOptions) http.Handler {
 	server.AddReceivingMiddleware(MCPMiddleware)
 	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, opts)
-	return b.authenticate(withTokenInfo(stripToken(h)))
+	return b.authenticate(withTokenInfo(stripToken(h), b.cfg.Leeway))
 }
 
 // withTokenInfo stores the identity as the go-sdk's TokenInfo. auth.RequireBearerToken is
 // the SDK's only way to set it; it runs while the (already verified) header is still
 // there, with a verifier that only looks the identity up, and stripToken runs after it.
-func withTokenInfo(next http.Handler) http.Handler {
+// Its own expiry check gets the boundary's leeway: without it, a token the boundary
+// accepted within the leeway would be refused with a bare 401 and no Bearer challenge.
+func withTokenInfo(next http.Handler, leeway time.Duration) http.Handler {
 	verify := func(ctx context.Context, _ string, _ *http.Request) (*auth.TokenInfo, error) {
 		id, ok := FromContext(ctx)
 		if !ok {
@@ -41,7 +44,7 @@ func withTokenInfo(next http.Handler) http.Handler {
 		}
 		return tokenInfo(id), nil
 	}
-	return auth.RequireBearerToken(verify, nil)(next)
+	return auth.RequireBearerToken(verify, &auth.RequireBearerTokenOptions{ClockSkew: leeway})(next)
 }
 
 func tokenInfo(id *Identity) *auth.TokenInfo {

@@ -105,23 +105,7 @@ func (k *JWKS) key(ctx context.Context, kid string) (publicKey, error) {
 	}
 	if wait := k.inflight; wait != nil {
 		k.mu.Unlock()
-		select {
-		case <-wait:
-			// The fetch finished; look again without fetching a second time.
-			k.mu.Lock()
-			pk, found = k.keys[kid]
-			lastErr := k.lastErr
-			k.mu.Unlock()
-			if found {
-				return pk, nil
-			}
-			if lastErr != nil {
-				return publicKey{}, fmt.Errorf("%w: %v", ErrUnavailable, lastErr)
-			}
-			return publicKey{}, ErrUnknownKey
-		case <-ctx.Done():
-			return publicKey{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
-		}
+		return k.await(ctx, kid, wait)
 	}
 	// Without any keys, retry a failed first fetch after a second rather than the whole
 	// refresh interval; either way the issuer sees at most one request per interval.
@@ -145,10 +129,22 @@ func (k *JWKS) key(ctx context.Context, kid string) (publicKey, error) {
 	k.triedAt = now
 	k.fetches++
 	k.mu.Unlock()
+	go k.refresh(ctx, done)
+	return k.await(ctx, kid, done)
+}
 
+// fetchTimeout bounds one fetch, whatever the HTTP client's own timeout.
+const fetchTimeout = 10 * time.Second
+
+// refresh fetches the set detached from the caller's cancellation: other callers wait for
+// it too, and a caller that hangs up must not leave a failed attempt behind that blocks
+// refreshes (and so the issuer's new kid) for a whole MinRefreshInterval.
+func (k *JWKS) refresh(ctx context.Context, done chan struct{}) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+	defer cancel()
 	keys, err := k.fetch(ctx)
-
 	k.mu.Lock()
+	defer k.mu.Unlock()
 	k.lastErr = err
 	if err == nil {
 		k.keys = keys
@@ -156,16 +152,25 @@ func (k *JWKS) key(ctx context.Context, kid string) (publicKey, error) {
 	}
 	k.inflight = nil
 	close(done)
-	old := k.keys
-	k.mu.Unlock()
-	if err != nil {
-		if pk, ok := old[kid]; ok {
-			return pk, nil // the issuer is down; the key we have still verifies
-		}
-		return publicKey{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+}
+
+// await waits for the fetch signalled by done, then looks kid up without fetching again.
+// When the fetch failed, a key already held still verifies (the issuer is down).
+func (k *JWKS) await(ctx context.Context, kid string, done <-chan struct{}) (publicKey, error) {
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return publicKey{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
 	}
-	if pk, ok := keys[kid]; ok {
+	k.mu.Lock()
+	pk, found := k.keys[kid]
+	lastErr := k.lastErr
+	k.mu.Unlock()
+	if found {
 		return pk, nil
+	}
+	if lastErr != nil {
+		return publicKey{}, fmt.Errorf("%w: %v", ErrUnavailable, lastErr)
 	}
 	return publicKey{}, ErrUnknownKey
 }
