@@ -65,11 +65,14 @@ func (a *authenticator) authenticate(ctx context.Context, r *http.Request, form 
 	if basic {
 		// RFC 6749 §2.3.1: both are form-encoded inside Basic. fosite decodes them again; a
 		// value that does not decode is a failed authentication, not a malformed request.
-		if _, err := url.QueryUnescape(id); err != nil {
-			return nil, invalidClient("the Basic credentials are not form-encoded", err)
-		}
-		if _, err := url.QueryUnescape(pw); err != nil {
-			return nil, invalidClient("the Basic credentials are not form-encoded", err)
+		for _, v := range [...]string{id, pw} {
+			dec, err := url.QueryUnescape(v)
+			if err != nil {
+				return nil, invalidClient("the Basic credentials are not form-encoded", err)
+			}
+			if !isText(dec) {
+				return nil, invalidClient("the Basic credentials are not UTF-8 text without NUL characters", nil)
+			}
 		}
 	}
 	if form.Has("client_assertion") || form.Has("client_assertion_type") {
@@ -148,6 +151,9 @@ func (a *authenticator) privateKeyJWT(ctx context.Context, form url.Values) (fos
 	if clientID == "" {
 		return nil, bad("sub is required", nil)
 	}
+	if !isText(clientID) {
+		return nil, bad("sub is not UTF-8 text without NUL characters", nil)
+	}
 	fc, err := a.store.GetClient(ctx, clientID)
 	if err != nil {
 		if errors.Is(err, errUnavailable) {
@@ -192,6 +198,8 @@ func (a *authenticator) privateKeyJWT(ctx context.Context, form url.Values) (fos
 		return nil, bad("exp is required", nil)
 	case cl.JTI == "" || len(cl.JTI) > maxAssertionJTI:
 		return nil, bad("jti is required (at most 256 characters)", nil)
+	case !isText(cl.JTI):
+		return nil, bad("jti is not UTF-8 text without NUL characters", nil)
 	}
 	exp, ok := numericDate(*cl.Exp)
 	switch {

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ory/fosite"
 
@@ -25,6 +26,9 @@ func (s *Server) handleToken() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		form, err := parseForm(w, r)
 		if err != nil {
+			if form != nil {
+				s.auditRefusal(r, form, err)
+			}
 			writeError(w, r, s.log, err)
 			return
 		}
@@ -107,8 +111,14 @@ func parseForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
 		return nil, invalidRequest("the request body is not a valid form")
 	}
 	for k, vs := range r.PostForm {
+		if !isText(k) {
+			return r.PostForm, errNotText
+		}
 		kept := vs[:0]
 		for _, v := range vs {
+			if !isText(v) {
+				return r.PostForm, errNotText
+			}
 			if v != "" {
 				kept = append(kept, v)
 			}
@@ -120,6 +130,16 @@ func parseForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
 		}
 	}
 	return r.PostForm, nil
+}
+
+// errNotText comes with the form as parsed, so the refusal can still be audited.
+var errNotText = invalidRequest("parameter names and values must be UTF-8 text without NUL characters")
+
+// isText reports whether s is valid UTF-8 without NUL. Anything else cannot be an id, a
+// secret or a token, and Postgres refuses NUL in text: left in, it would reach the store (a
+// client lookup, a denial's audit record) and turn bad input into a storage fault.
+func isText(s string) bool {
+	return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0
 }
 
 // checkAuthParams runs before client authentication, on the parameters it reads: a repeated

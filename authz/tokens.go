@@ -31,16 +31,15 @@ type tokenState struct {
 // refusal audited under event unless event is "" (introspection is not an audit event).
 func (s *Server) tokenRequest(w http.ResponseWriter, r *http.Request, event string) (clientID string, st *tokenState, ok bool) {
 	form, err := parseForm(w, r)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return "", nil, false
-	}
 	refuse := func(err error) (string, *tokenState, bool) {
-		if event != "" {
+		if event != "" && form != nil {
 			s.auditDenial(r, event, form, err, nil)
 		}
 		writeError(w, r, s.log, err)
 		return "", nil, false
+	}
+	if err != nil {
+		return refuse(err)
 	}
 	if err := singletons(form, "token", "token_type_hint", "client_id", "client_secret", "client_assertion", "client_assertion_type"); err != nil {
 		return refuse(err)

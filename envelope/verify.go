@@ -402,8 +402,38 @@ func checkMembers(cl *Claims) error {
 		if a.Sub == "" {
 			return refuse(ReasonMissingMember, "an act entry of the envelope has no sub")
 		}
+		if hasControl(a.Sub) || hasControl(a.ClientID) {
+			return refuse(ReasonBadValue, "an act entry of the envelope holds a control character")
+		}
+	}
+	// Identifiers travel into tokens, logs and the audit log; a NUL or other control
+	// character in one is never meaningful, can forge log lines, and Postgres refuses NUL in
+	// text, which would turn a bad envelope into a storage fault.
+	for _, f := range [...]struct{ name, v string }{
+		{"jti", cl.JTI}, {"actor.sub", cl.Actor.Sub}, {"actor.tenant", cl.Actor.Tenant},
+		{"agent.type", cl.Agent.Type}, {"agent.id", cl.Agent.ID}, {"session.id", cl.Session.ID},
+		{"session.trace_id", cl.Session.TraceID},
+	} {
+		if hasControl(f.v) {
+			return refuse(ReasonBadValue, "the envelope "+f.name+" holds a control character")
+		}
+	}
+	for _, a := range cl.Delegation.Allowed {
+		if hasControl(a) {
+			return refuse(ReasonBadValue, "the envelope delegation.allowed holds a control character")
+		}
 	}
 	return nil
+}
+
+// hasControl reports whether s holds an ASCII control character (U+0000–U+001F, U+007F).
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
 }
 
 // validScopeToken is RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
