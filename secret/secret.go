@@ -14,7 +14,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -41,6 +43,12 @@ func NewMaster(s string) (*Master, error) {
 	return &Master{b: []byte(s)}, nil
 }
 
+// String and LogValue keep the secret out of logs and error messages.
+func (m *Master) String() string { return "[redacted]" }
+
+// LogValue implements slog.LogValuer.
+func (m *Master) LogValue() slog.Value { return slog.StringValue("[redacted]") }
+
 // Derive returns a 32-byte key for purpose (HKDF-SHA256).
 func (m *Master) Derive(purpose string) []byte {
 	k, err := hkdf.Key(sha256.New, m.b, nil, purpose, 32)
@@ -52,34 +60,55 @@ func (m *Master) Derive(purpose string) []byte {
 
 // LoadOrCreateFile reads the deployment secret kept in path, or creates the file with a new
 // random secret (mode 0600) when it does not exist. created says which happened.
+//
+// The file appears complete or not at all: the secret is written to a temporary file that is
+// then linked into place, which fails if another process got there first (then its secret is
+// used). Two processes starting together on a fresh store agree on one secret.
 func LoadOrCreateFile(path string) (s string, created bool, err error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		s = strings.TrimSpace(string(b))
-		if len(s) < MinLength {
-			return "", false, fmt.Errorf("secret file %s: %w", path, ErrTooShort)
-		}
-		return s, false, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", false, err
+	if s, err := readSecretFile(path); !errors.Is(err, os.ErrNotExist) {
+		return s, false, err
 	}
 	s = random(32)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
 	if err != nil {
+		return "", false, err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return "", false, err
+	}
+	if _, err := tmp.WriteString(s + "\n"); err != nil {
+		tmp.Close()
+		return "", false, err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return "", false, err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", false, err
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
 		if errors.Is(err, os.ErrExist) { // another process won the race: use its secret
-			return LoadOrCreateFile(path)
+			s, err := readSecretFile(path)
+			return s, false, err
 		}
-		return "", false, err
-	}
-	if _, err := f.WriteString(s + "\n"); err != nil {
-		f.Close()
-		return "", false, err
-	}
-	if err := f.Close(); err != nil {
 		return "", false, err
 	}
 	return s, true, nil
+}
+
+func readSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimSpace(string(b))
+	if len(s) < MinLength {
+		return "", fmt.Errorf("secret file %s: %w", path, ErrTooShort)
+	}
+	return s, nil
 }
 
 // Hasher hashes and checks client secrets with a key derived from the deployment secret.

@@ -2,6 +2,8 @@ package secret
 
 import (
 	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,5 +91,48 @@ func TestLoadOrCreateFile(t *testing.T) {
 	}
 	if _, _, err := LoadOrCreateFile(short); !errors.Is(err, ErrTooShort) {
 		t.Fatalf("short file = %v, want ErrTooShort", err)
+	}
+}
+
+func TestLoadOrCreateFileRace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mandate.db.secret")
+	const n = 16
+	got := make(chan string, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			s, _, err := LoadOrCreateFile(path)
+			got <- s
+			errs <- err
+		}()
+	}
+	first := ""
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("a racing start failed: %v", err)
+		}
+		s := <-got
+		if first == "" {
+			first = s
+		}
+		if s != first {
+			t.Fatalf("racing starts disagree on the secret")
+		}
+	}
+	left, _ := filepath.Glob(path + ".tmp-*")
+	if len(left) > 0 {
+		t.Fatalf("temporary files left behind: %v", left)
+	}
+}
+
+func TestMasterIsRedacted(t *testing.T) {
+	m := master(t, strings.Repeat("s", 40))
+	if strings.Contains(fmt.Sprint(m), "sss") || strings.Contains(fmt.Sprintf("%v %s", m, m), "sss") {
+		t.Fatalf("the secret shows when printed")
+	}
+	var b strings.Builder
+	slog.New(slog.NewTextHandler(&b, nil)).Info("x", "master", m)
+	if strings.Contains(b.String(), "sss") {
+		t.Fatalf("the secret shows in a log line: %s", b.String())
 	}
 }
