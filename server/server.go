@@ -159,7 +159,7 @@ func (s *Server) Ready(ctx context.Context) error {
 }
 
 // PublicHandler serves the OAuth endpoints, metadata, JWKS and health checks.
-func (s *Server) PublicHandler() http.Handler { return s.metrics.instrument(s.oauth) }
+func (s *Server) PublicHandler() http.Handler { return withRequestID(s.metrics.instrument(s.oauth)) }
 
 // AdminHandler serves /admin/v1, /metrics and, when enabled, /debug/pprof. It belongs on a
 // listener that only operators reach.
@@ -174,7 +174,7 @@ func (s *Server) AdminHandler() http.Handler {
 		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
-	return mux
+	return withRequestID(mux)
 }
 
 // Run does the background work until ctx ends: the key rotation loop and the garbage

@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/mandatehq/mandate/server"
 )
 
 // config is everything serve needs, from flags and their MANDATE_* variables. Secrets come
@@ -205,8 +207,9 @@ func newLogger(w io.Writer, level, format string) *slog.Logger {
 			}
 		}
 	}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
 	if format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(server.LogHandler(h))
 }
