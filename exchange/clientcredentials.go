@@ -76,13 +76,7 @@ func (s *Service) clientCredentials(ctx context.Context, now time.Time, req Clie
 	rec.GrantedScopes, rec.TokenJTI = scopes, claims.JTI
 	rec.Outcome, rec.Reason = storage.OutcomeGranted, ReasonGranted
 	rec.ID, rec.Time = storage.NewID("evt"), now
-	err = s.store.RecordIssuance(ctx, storage.Issuance{
-		Token: storage.IssuedToken{
-			JTI: claims.JTI, ClientID: c.ID, Subject: c.ID, Audience: s.cfg.Issuer,
-			IssuedAt: iat, ExpiresAt: iat.Add(ttl),
-		},
-		Audit: *rec,
-	})
+	err = s.store.RecordIssuance(ctx, storage.Issuance{Audit: *rec, TokenExpiresAt: iat.Add(ttl)})
 	if err != nil {
 		rec.GrantedScopes, rec.TokenJTI = nil, ""
 		if errors.Is(err, storage.ErrConflict) { // a jti collision: practically never

@@ -326,18 +326,9 @@ func (s *Service) exchange(ctx context.Context, now time.Time, req Request, rec 
 	rec.Outcome, rec.Reason = storage.OutcomeGranted, ReasonGranted
 	rec.ID, rec.Time = storage.NewID("evt"), now
 	iss := storage.Issuance{
-		Replay: []storage.ReplayMark{{
-			Key:       replayKey(c.ID, env.JTI, aud.ID),
-			ExpiresAt: env.ExpiresAt.Add(envelope.ClockSkew),
-		}},
-		Token: storage.IssuedToken{
-			JTI: claims.JTI, ClientID: c.ID, Subject: claims.Subject, Audience: aud.ID,
-			IssuedAt: iat, ExpiresAt: iat.Add(ttl),
-		},
-		Audit: *rec,
-	}
-	if grant != nil {
-		iss.GrantID, iss.Token.GrantID = grant.ID, grant.ID
+		Audit:          *rec,
+		TokenExpiresAt: iat.Add(ttl),
+		ReplayKey:      replayKey(c.ID, env.JTI, aud.ID),
 	}
 	if err := s.store.RecordIssuance(ctx, iss); err != nil {
 		rec.TokenJTI, rec.GrantedScopes = "", nil // nothing was issued
@@ -458,8 +449,9 @@ func (s *Service) audit(ctx context.Context, now time.Time, rec *storage.AuditRe
 	}
 }
 
-// replayKey namespaces an envelope's replay mark. Lengths are spelled out so no client id or
-// jti containing the separator can collide with another triple.
+// replayKey is an envelope's replay key (SPEC §3: once per client, jti and audience).
+// Lengths, in bytes, are spelled out so no client id or jti containing the separator can
+// collide with another triple; migration 00002 builds the same key in SQL.
 func replayKey(clientID, jti, audience string) string {
 	return fmt.Sprintf("eie|%d:%s|%d:%s|%s", len(clientID), clientID, len(jti), jti, audience)
 }

@@ -36,11 +36,12 @@ type Store interface {
 	// transaction.
 	InTx(ctx context.Context, fn func(tx Store) error) error
 
-	// RecordIssuance commits everything a granted token needs in one transaction: the replay
-	// mark(s) (ErrConflict when one is already set and live), the issued-token record and the
-	// audit record. When GrantID is set, the grant must still be unrevoked at commit time, or
-	// the call fails with ErrConflict and nothing is written. Backends do this in as few
-	// round trips as they can; it is the token endpoint's hot path.
+	// RecordIssuance commits a granted token's audit record, which is also the token's record
+	// (GetTokenState reads it by Audit.TokenJTI) and, when ReplayKey is set, the mark that
+	// uses up that one-time value: ErrConflict when an issuance already used the key or the
+	// token id. When Audit.GrantID is set, the grant must still exist unrevoked at commit
+	// time, or the call fails with ErrConflict. A failed call writes nothing. It is the token
+	// endpoint's hot path: backends write one row in one round trip.
 	RecordIssuance(ctx context.Context, iss Issuance) error
 
 	// Ping reports whether the backend answers.
@@ -49,12 +50,31 @@ type Store interface {
 	Close() error
 }
 
-// Issuance is what RecordIssuance writes.
+// Issuance is what RecordIssuance writes: one audit record, with what only a token has.
 type Issuance struct {
-	Replay  []ReplayMark // may be empty (client_credentials)
-	GrantID string       // when set, re-checked for revocation inside the transaction
-	Token   IssuedToken
-	Audit   AuditRecord
+	// Audit is the decision (Outcome granted). Its TokenJTI, ClientID, Audience, GrantID and
+	// Time are the token's jti, client, audience, grant ("" for none) and issuance time.
+	Audit AuditRecord
+	// TokenExpiresAt is the token's exp: introspection answers inactive from then on.
+	TokenExpiresAt time.Time
+	// ReplayKey, when set, is used up by this issuance for good: no later issuance may use it
+	// again, whether or not the value it guards has expired since (a stricter rule than
+	// MarkUsed's, and the reason the key can live on the audit record, which is kept).
+	// Callers namespace it, e.g. "eie|client|jti|audience".
+	ReplayKey string
+}
+
+// CheckIssuance says what makes iss unfit for RecordIssuance; backends call it first.
+func CheckIssuance(iss *Issuance) error {
+	switch {
+	case iss.Audit.TokenJTI == "":
+		return errors.New("storage: an issuance without a token jti")
+	case iss.TokenExpiresAt.IsZero():
+		return errors.New("storage: an issuance without a token expiry")
+	case iss.Audit.Outcome != OutcomeGranted:
+		return errors.New("storage: an issuance of a decision that was not granted")
+	}
+	return nil
 }
 
 // Page asks for one page of a list. Limit <= 0 means the backend's default (50); backends cap
@@ -264,11 +284,11 @@ type KeyStore interface {
 // ---------------------------------------------------------------------------------------------
 // Replay marks
 
-// ReplayMark records that a one-time value (an envelope jti for an audience, a client
-// assertion jti) has been used. It is kept until ExpiresAt, after which the value it guards
-// is rejected for having expired anyway.
+// ReplayMark records that a one-time value checked outside an issuance (a client assertion
+// jti) has been used. It is kept until ExpiresAt, after which the value it guards is rejected
+// for having expired anyway. Marks and Issuance.ReplayKey are separate namespaces.
 type ReplayMark struct {
-	Key       string // namespaced by the caller, e.g. "eie|client|jti|audience"
+	Key       string // namespaced by the caller, e.g. "assertion|client|jti"
 	ExpiresAt time.Time
 }
 
@@ -286,14 +306,13 @@ type ReplayStore interface {
 // Issued tokens
 
 // IssuedToken is what introspection and revocation need to know about a token Mandate issued;
-// the claims themselves live in the signed token.
+// the claims themselves live in the signed token. It is read from the token's issuance.
 type IssuedToken struct {
 	JTI       string
 	ClientID  string
-	Subject   string
 	Audience  string
-	GrantID   string // "" when no grant was used
-	IssuedAt  time.Time
+	GrantID   string    // "" when no grant was used
+	IssuedAt  time.Time // the issuance's audit record time
 	ExpiresAt time.Time
 	RevokedAt time.Time // zero: not revoked
 }
@@ -304,13 +323,16 @@ type TokenState struct {
 	GrantRevokedAt time.Time // zero when the grant is not revoked or there is none
 }
 
-// TokenStore keeps issued-token records.
+// TokenStore reads issued tokens and keeps their revocations.
 type TokenStore interface {
-	// GetTokenState returns the record and its grant's revocation state in one read.
+	// GetTokenState returns the token issued as jti, its revocation and its grant's in one
+	// read; ErrNotFound when no issuance wrote that jti.
 	GetTokenState(ctx context.Context, jti string) (*TokenState, error)
-	// RevokeToken marks the token revoked at `at` (a no-op when it already is).
+	// RevokeToken marks the token revoked at `at` (a no-op when it already is); ErrNotFound
+	// when there is no such token.
 	RevokeToken(ctx context.Context, jti string, at time.Time) error
-	// DeleteExpiredTokens removes records of tokens that expired before now.
+	// DeleteExpiredTokens forgets the revocations of tokens that expired before now, and says
+	// how many. The issuances themselves stay: they are audit records.
 	DeleteExpiredTokens(ctx context.Context, now time.Time) (int64, error)
 }
 

@@ -27,11 +27,14 @@ func scanAudit(r rowScanner) (*storage.AuditRecord, error) {
 }
 
 // auditArgs are r's columns in auditCols order.
-func auditArgs(r *storage.AuditRecord) []any {
-	return []any{r.ID, ts(r.Time), r.Event, r.Outcome, r.Reason, r.ClientID, r.AgentID,
+func auditArgs(r *storage.AuditRecord) []any { return appendAuditArgs(make([]any, 0, 20), r) }
+
+// appendAuditArgs appends r's columns, in auditCols order, to args.
+func appendAuditArgs(args []any, r *storage.AuditRecord) []any {
+	return append(args, r.ID, ts(r.Time), r.Event, r.Outcome, r.Reason, r.ClientID, r.AgentID,
 		r.ActorSub, r.Tenant, r.DelegationMode, r.TraceID, r.SessionID, r.Audience,
 		list(r.RequestedScopes), list(r.GrantedScopes), r.EnvelopeJTI, r.TokenJTI, r.GrantID,
-		r.RemoteAddr, nullBytes(r.Detail)}
+		r.RemoteAddr, nullBytes(r.Detail))
 }
 
 // AppendAudit implements storage.AuditStore.

@@ -156,15 +156,13 @@ func BenchmarkRecordIssuance(b *testing.B) {
 		i++
 		jti := fmt.Sprintf("jti_%d", i)
 		err := s.RecordIssuance(ctx, storage.Issuance{
-			Replay:  []storage.ReplayMark{{Key: "eie|cli_1|env_" + jti + "|orders_api", ExpiresAt: now.Add(5 * time.Minute)}},
-			GrantID: "grt_1",
-			Token: storage.IssuedToken{JTI: jti, ClientID: "cli_1", Subject: "alice", Audience: "orders_api",
-				GrantID: "grt_1", IssuedAt: now, ExpiresAt: now.Add(5 * time.Minute)},
 			Audit: storage.AuditRecord{ID: "evt_" + jti, Time: now, Event: "token_exchange",
 				Outcome: storage.OutcomeGranted, ClientID: "cli_1", AgentID: "agent_1", ActorSub: "alice",
 				Tenant: "acme", DelegationMode: "on_behalf_of", TraceID: "trace", Audience: "orders_api",
 				RequestedScopes: []string{"orders:read"}, GrantedScopes: []string{"orders:read"},
 				EnvelopeJTI: "env_" + jti, TokenJTI: jti, GrantID: "grt_1", RemoteAddr: "192.0.2.1"},
+			TokenExpiresAt: now.Add(5 * time.Minute),
+			ReplayKey:      "eie|cli_1|env_" + jti + "|orders_api",
 		})
 		if err != nil {
 			b.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 var tokenCases = []testCase{
 	{"RecordIssuance", testRecordIssuance},
+	{"RecordIssuanceRefusesWhatIsNoIssuance", testRecordIssuanceInvalid},
 	{"RecordIssuanceRevokedGrant", testRecordIssuanceRevokedGrant},
 	{"ConcurrentRecordIssuanceOneWinner", testRecordIssuanceRace},
 	{"TokenStateFollowsGrant", testTokenStateGrant},
@@ -19,19 +20,9 @@ var tokenCases = []testCase{
 	{"DeleteExpiredTokens", testDeleteExpiredTokens},
 }
 
-// makeIssuance is a token-exchange issuance at now. replayKey "" means no replay mark.
+// makeIssuance is a token-exchange issuance at now. replayKey "" means no replay key.
 func makeIssuance(jti, replayKey, grantID string, now time.Time) storage.Issuance {
-	iss := storage.Issuance{
-		GrantID: grantID,
-		Token: storage.IssuedToken{
-			JTI:       jti,
-			ClientID:  "cli_1",
-			Subject:   "alice",
-			Audience:  "orders_api",
-			GrantID:   grantID,
-			IssuedAt:  now,
-			ExpiresAt: now.Add(5 * time.Minute),
-		},
+	return storage.Issuance{
 		Audit: storage.AuditRecord{
 			ID:              "evt_" + jti,
 			Time:            now,
@@ -53,19 +44,26 @@ func makeIssuance(jti, replayKey, grantID string, now time.Time) storage.Issuanc
 			GrantID:         grantID,
 			RemoteAddr:      "192.0.2.7",
 		},
+		TokenExpiresAt: now.Add(5 * time.Minute),
+		ReplayKey:      replayKey,
 	}
-	if replayKey != "" {
-		iss.Replay = []storage.ReplayMark{{Key: replayKey, ExpiresAt: now.Add(10 * time.Minute)}}
-	}
-	return iss
+}
+
+// tokenOf is the token record GetTokenState must read back for iss.
+func tokenOf(iss storage.Issuance) storage.IssuedToken {
+	a := iss.Audit
+	return storage.IssuedToken{JTI: a.TokenJTI, ClientID: a.ClientID, Audience: a.Audience,
+		GrantID: a.GrantID, IssuedAt: a.Time, ExpiresAt: iss.TokenExpiresAt}
 }
 
 // wantNoIssuance checks that nothing of a failed issuance was written.
 func wantNoIssuance(t *testing.T, s storage.Store, iss storage.Issuance, what string) {
 	t.Helper()
 	ctx := t.Context()
-	_, err := s.GetTokenState(ctx, iss.Token.JTI)
-	wantErr(t, err, storage.ErrNotFound, what+": token record")
+	if iss.Audit.TokenJTI != "" {
+		_, err := s.GetTokenState(ctx, iss.Audit.TokenJTI)
+		wantErr(t, err, storage.ErrNotFound, what+": token record")
+	}
 	items, _, err := s.ListAudit(ctx, storage.AuditFilter{TraceID: iss.Audit.TraceID})
 	mustDo(t, err, what+": ListAudit")
 	if len(items) != 0 {
@@ -84,62 +82,101 @@ func testRecordIssuance(t *testing.T, s storage.Store) {
 	ctx := t.Context()
 	now := testNow()
 	withGrant(t, s, "grt_1", now)
+	const key = "eie|cli_1|env_1|orders_api"
 
-	iss := makeIssuance("jti_1", "eie|cli_1|env_1|orders_api", "grt_1", now)
+	iss := makeIssuance("jti_1", key, "grt_1", now)
 	mustDo(t, s.RecordIssuance(ctx, iss), "RecordIssuance")
 	st, err := s.GetTokenState(ctx, "jti_1")
 	mustDo(t, err, "GetTokenState")
-	checkEqual(t, "token state after RecordIssuance", st, &storage.TokenState{IssuedToken: iss.Token})
+	checkEqual(t, "token state after RecordIssuance", st, &storage.TokenState{IssuedToken: tokenOf(iss)})
 	items, _, err := s.ListAudit(ctx, storage.AuditFilter{TraceID: iss.Audit.TraceID})
 	mustDo(t, err, "ListAudit")
 	if len(items) != 1 {
 		t.Fatalf("RecordIssuance wrote %d audit records, want 1", len(items))
 	}
 	checkEqual(t, "audit record written by RecordIssuance", &items[0], &iss.Audit)
-	wantErr(t, s.MarkUsed(ctx, iss.Replay[0], now), storage.ErrConflict, "MarkUsed of the key RecordIssuance set")
 
-	// The same envelope again: refused, and neither its token nor its audit record is kept.
-	again := makeIssuance("jti_2", "eie|cli_1|env_1|orders_api", "grt_1", now)
+	// The same key again: refused, and neither its token nor its audit record is kept. A key
+	// is used for good, so not even an issuance long after the first may take it.
+	again := makeIssuance("jti_2", key, "grt_1", now.Add(24*time.Hour))
 	wantErr(t, s.RecordIssuance(ctx, again), storage.ErrConflict, "RecordIssuance with a used replay key")
 	wantNoIssuance(t, s, again, "RecordIssuance with a used replay key")
 
-	// Several marks commit together: when the second is taken the first is not left set.
-	multi := makeIssuance("jti_3", "assertion|cli_1|a_3", "grt_1", now)
-	multi.Replay = append(multi.Replay, iss.Replay[0])
-	wantErr(t, s.RecordIssuance(ctx, multi), storage.ErrConflict, "RecordIssuance whose second replay key is used")
-	wantNoIssuance(t, s, multi, "RecordIssuance whose second replay key is used")
-	mustDo(t, s.MarkUsed(ctx, multi.Replay[0], now), "MarkUsed of the first key of a failed RecordIssuance (must be free)")
+	// Replay marks are a namespace of their own.
+	mustDo(t, s.MarkUsed(ctx, storage.ReplayMark{Key: key, ExpiresAt: now.Add(time.Minute)}, now),
+		"MarkUsed of a key an issuance used")
 
-	// A token id is unique too, and a clash rolls back the replay mark.
+	// A token id is unique too, and a clash leaves the replay key free.
 	dupJTI := makeIssuance("jti_1", "eie|cli_1|env_4|orders_api", "grt_1", now)
 	dupJTI.Audit.ID, dupJTI.Audit.TraceID = "evt_dup", "trace_dup"
 	wantErr(t, s.RecordIssuance(ctx, dupJTI), storage.ErrConflict, "RecordIssuance with a taken jti")
-	mustDo(t, s.MarkUsed(ctx, dupJTI.Replay[0], now), "MarkUsed of the key of an issuance that failed on its jti (must be free)")
-	items, _, err = s.ListAudit(ctx, storage.AuditFilter{TraceID: "trace_dup"})
-	mustDo(t, err, "ListAudit")
-	if len(items) != 0 {
-		t.Errorf("issuance that failed on its jti left %d audit records", len(items))
+	wantNoIssuance(t, s, storage.Issuance{Audit: storage.AuditRecord{TraceID: "trace_dup"}}, "RecordIssuance with a taken jti")
+	free := makeIssuance("jti_4", dupJTI.ReplayKey, "grt_1", now)
+	mustDo(t, s.RecordIssuance(ctx, free), "RecordIssuance with the key of an issuance that failed on its jti (must be free)")
+
+	// So is the record's id.
+	dupID := makeIssuance("jti_5", "", "grt_1", now)
+	dupID.Audit.ID = iss.Audit.ID
+	wantErr(t, s.RecordIssuance(ctx, dupID), storage.ErrConflict, "RecordIssuance with a taken audit id")
+	wantNoIssuance(t, s, dupID, "RecordIssuance with a taken audit id")
+
+	// client_credentials: no replay key, no grant; any number of issuances go without a key.
+	for _, jti := range []string{"jti_cc1", "jti_cc2"} {
+		cc := makeIssuance(jti, "", "", now)
+		cc.Audit.Event = "client_credentials"
+		mustDo(t, s.RecordIssuance(ctx, cc), "RecordIssuance without replay key or grant")
+		st, err = s.GetTokenState(ctx, jti)
+		mustDo(t, err, "GetTokenState "+jti)
+		checkEqual(t, "token state without a grant", st, &storage.TokenState{IssuedToken: tokenOf(cc)})
 	}
 
-	// client_credentials: no replay mark, no grant.
-	cc := makeIssuance("jti_cc", "", "", now)
-	cc.Audit.Event = "client_credentials"
-	mustDo(t, s.RecordIssuance(ctx, cc), "RecordIssuance without replay mark or grant")
-	st, err = s.GetTokenState(ctx, "jti_cc")
-	mustDo(t, err, "GetTokenState jti_cc")
-	checkEqual(t, "token state without a grant", st, &storage.TokenState{IssuedToken: cc.Token})
+	// Other records may name the token (a revocation's does); they are not issuances.
+	other := storage.AuditRecord{ID: "evt_rev", Time: now.Add(time.Second), Event: "revoke",
+		Outcome: storage.OutcomeGranted, ClientID: "cli_1", TokenJTI: "jti_1", GrantID: "grt_1"}
+	mustDo(t, s.AppendAudit(ctx, &other), "AppendAudit of a record naming an issued token")
+	st, err = s.GetTokenState(ctx, "jti_1")
+	mustDo(t, err, "GetTokenState after another record named the token")
+	checkEqual(t, "token state after another record named the token", st, &storage.TokenState{IssuedToken: tokenOf(iss)})
+	mustDo(t, s.AppendAudit(ctx, &storage.AuditRecord{ID: "evt_x", Time: now, Event: "revoke",
+		Outcome: storage.OutcomeDenied, TokenJTI: "jti_unknown"}), "AppendAudit naming an unknown token")
+	_, err = s.GetTokenState(ctx, "jti_unknown")
+	wantErr(t, err, storage.ErrNotFound, "GetTokenState of a jti only a plain audit record names")
+}
+
+func testRecordIssuanceInvalid(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	for what, edit := range map[string]func(*storage.Issuance){
+		"without a token jti":  func(i *storage.Issuance) { i.Audit.TokenJTI = "" },
+		"without an expiry":    func(i *storage.Issuance) { i.TokenExpiresAt = time.Time{} },
+		"of a denied decision": func(i *storage.Issuance) { i.Audit.Outcome = storage.OutcomeDenied },
+	} {
+		iss := makeIssuance("jti_bad", "eie|bad", "", now)
+		edit(&iss)
+		if err := s.RecordIssuance(ctx, iss); err == nil || errors.Is(err, storage.ErrConflict) {
+			t.Errorf("RecordIssuance %s: err = %v, want a plain error", what, err)
+		}
+		wantNoIssuance(t, s, iss, "RecordIssuance "+what)
+	}
 }
 
 func testRecordIssuanceRevokedGrant(t *testing.T, s storage.Store) {
 	ctx := t.Context()
 	now := testNow()
 	withGrant(t, s, "grt_1", now)
+	mustDo(t, s.CreateGrant(ctx, makeGrant("grt_2", now, grantSpec{})), "CreateGrant grt_2")
 	_, err := s.RevokeGrant(ctx, "grt_1", "sec_team", "revoked", now.Add(-time.Second))
 	mustDo(t, err, "RevokeGrant")
 	iss := makeIssuance("jti_1", "eie|cli_1|env_1|orders_api", "grt_1", now)
 	wantErr(t, s.RecordIssuance(ctx, iss), storage.ErrConflict, "RecordIssuance under a revoked grant")
 	wantNoIssuance(t, s, iss, "RecordIssuance under a revoked grant")
-	mustDo(t, s.MarkUsed(ctx, iss.Replay[0], now), "MarkUsed of the key of an issuance refused for its grant (must be free)")
+	gone := makeIssuance("jti_2", "eie|cli_1|env_2|orders_api", "grt_missing", now)
+	wantErr(t, s.RecordIssuance(ctx, gone), storage.ErrConflict, "RecordIssuance under a grant that does not exist")
+	wantNoIssuance(t, s, gone, "RecordIssuance under a grant that does not exist")
+
+	// The refused issuances used nothing up.
+	ok := makeIssuance("jti_1", iss.ReplayKey, "grt_2", now)
+	mustDo(t, s.RecordIssuance(ctx, ok), "RecordIssuance with the jti and key of a refused issuance")
 }
 
 // 16 exchanges of one envelope at once: one token, one audit record.
@@ -207,10 +244,10 @@ func testTokenStateGrant(t *testing.T, s storage.Store) {
 	st, err := s.GetTokenState(ctx, "jti_1")
 	mustDo(t, err, "GetTokenState jti_1")
 	checkEqual(t, "state of a token whose grant was revoked", st,
-		&storage.TokenState{IssuedToken: iss1.Token, GrantRevokedAt: at})
+		&storage.TokenState{IssuedToken: tokenOf(iss1), GrantRevokedAt: at})
 	st, err = s.GetTokenState(ctx, "jti_2")
 	mustDo(t, err, "GetTokenState jti_2")
-	checkEqual(t, "state of a token of another grant", st, &storage.TokenState{IssuedToken: iss2.Token})
+	checkEqual(t, "state of a token of another grant", st, &storage.TokenState{IssuedToken: tokenOf(iss2)})
 
 	_, err = s.GetTokenState(ctx, "jti_missing")
 	wantErr(t, err, storage.ErrNotFound, "GetTokenState of an unknown jti")
@@ -226,7 +263,7 @@ func testRevokeToken(t *testing.T, s storage.Store) {
 
 	at := now.Add(time.Minute).In(zone)
 	mustDo(t, s.RevokeToken(ctx, "jti_1", at), "RevokeToken")
-	want := &storage.TokenState{IssuedToken: iss.Token}
+	want := &storage.TokenState{IssuedToken: tokenOf(iss)}
 	want.RevokedAt = at
 	st, err := s.GetTokenState(ctx, "jti_1")
 	mustDo(t, err, "GetTokenState")
@@ -239,36 +276,44 @@ func testRevokeToken(t *testing.T, s storage.Store) {
 
 	st, err = s.GetTokenState(ctx, "jti_2")
 	mustDo(t, err, "GetTokenState jti_2")
-	checkEqual(t, "token not revoked", st, &storage.TokenState{IssuedToken: other.Token})
+	checkEqual(t, "token not revoked", st, &storage.TokenState{IssuedToken: tokenOf(other)})
 
 	wantErr(t, s.RevokeToken(ctx, "jti_missing", at), storage.ErrNotFound, "RevokeToken of an unknown jti")
 }
 
+// The sweep forgets the revocations of expired tokens; their issuances stay, being audit
+// records, and still read as expired.
 func testDeleteExpiredTokens(t *testing.T, s storage.Store) {
 	ctx := t.Context()
 	now := testNow()
-	exp := map[string]time.Duration{"jti_old": -time.Hour, "jti_just": -time.Second, "jti_live": time.Hour}
+	exp := map[string]time.Duration{"jti_old": -time.Hour, "jti_just": -time.Second, "jti_live": time.Hour, "jti_kept": -time.Hour}
+	revokedAt := now.Add(-3 * time.Hour).In(zone)
 	for jti, d := range exp {
-		iss := makeIssuance(jti, "", "", now.Add(-2*time.Hour))
-		iss.Token.ExpiresAt = now.Add(d)
+		iss := makeIssuance(jti, "", "", now.Add(-4*time.Hour))
+		iss.TokenExpiresAt = now.Add(d)
 		mustDo(t, s.RecordIssuance(ctx, iss), "RecordIssuance "+jti)
+		if jti != "jti_kept" {
+			mustDo(t, s.RevokeToken(ctx, jti, revokedAt), "RevokeToken "+jti)
+		}
 	}
 	n, err := s.DeleteExpiredTokens(ctx, now)
 	mustDo(t, err, "DeleteExpiredTokens")
 	if n != 2 {
-		t.Errorf("DeleteExpiredTokens removed %d records, want 2", n)
+		t.Errorf("DeleteExpiredTokens removed %d revocations, want 2", n)
 	}
 	for jti, d := range exp {
-		_, err := s.GetTokenState(ctx, jti)
-		if d > 0 {
-			mustDo(t, err, "GetTokenState of a live token after the sweep")
-		} else {
-			wantErr(t, err, storage.ErrNotFound, "GetTokenState of "+jti+" after the sweep")
+		st, err := s.GetTokenState(ctx, jti)
+		mustDo(t, err, "GetTokenState of "+jti+" after the sweep")
+		if !st.ExpiresAt.Equal(now.Add(d)) {
+			t.Errorf("%s expires at %v after the sweep, want %v", jti, st.ExpiresAt, now.Add(d))
+		}
+		if live := d > 0; live != !st.RevokedAt.IsZero() {
+			t.Errorf("%s after the sweep: revoked at %v (live: %v)", jti, st.RevokedAt, live)
 		}
 	}
 	n, err = s.DeleteExpiredTokens(ctx, now)
 	mustDo(t, err, "DeleteExpiredTokens again")
 	if n != 0 {
-		t.Errorf("second DeleteExpiredTokens removed %d records, want 0", n)
+		t.Errorf("second DeleteExpiredTokens removed %d revocations, want 0", n)
 	}
 }

@@ -115,6 +115,8 @@ func testTxRollback(t *testing.T, s storage.Store) {
 	}
 	mustDo(t, s.MarkUsed(ctx, mark, now), "MarkUsed of a key set in a rolled-back tx (must be free)")
 	wantNoIssuance(t, s, iss, "issuance in a rolled-back tx")
+	mustDo(t, s.RecordIssuance(ctx, makeIssuance("jti_rb2", iss.ReplayKey, "", now)),
+		"RecordIssuance with the key of an issuance rolled back (must be free)")
 	audit, _, err := s.ListAudit(ctx, storage.AuditFilter{TraceID: "trace_rb"})
 	mustDo(t, err, "ListAudit")
 	if len(audit) != 0 {

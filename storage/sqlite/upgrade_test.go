@@ -1,0 +1,121 @@
+package sqlite_test
+
+import (
+	"database/sql"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/mandatehq/mandate/migrations"
+	"github.com/mandatehq/mandate/storage"
+)
+
+// Migration 2 moves the token records and the live envelope replay marks of version 1 onto
+// the audit log. Tokens issued before the upgrade must still introspect (and stay revoked),
+// and envelopes exchanged before it must stay used; Down must give version 1 its rows back.
+// storage/postgres has the same test.
+func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "m.db")
+	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	p, err := migrations.NewProvider(migrations.SQLite, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 1); err != nil {
+		t.Fatalf("UpTo 1: %v", err)
+	}
+
+	now := time.Now().UTC().Truncate(time.Second)
+	us := func(d time.Duration) int64 { return now.Add(d).UnixMicro() }
+	// exchange.replayKey's format: eie|<bytes>:<client_id>|<bytes>:<jti>|<audience>.
+	const liveKey, reusedKey = "eie|2:c1|2:e1|orders", "eie|2:c1|2:e9|orders"
+	exec := func(q string, args ...any) {
+		t.Helper()
+		if _, err := db.ExecContext(ctx, q, args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec(`INSERT INTO clients (id, created_at, updated_at) VALUES ('c1', ?, ?)`, us(0), us(0))
+	exec(`INSERT INTO grants (id, tenant, subject, client_id, audiences, not_before, expires_at, created_at)
+		VALUES ('g1', 'acme', '*', 'c1', '["orders"]', ?, ?, ?)`, us(-time.Hour), us(time.Hour), us(0))
+	audit := `INSERT INTO audit_log (id, time, event, outcome, client_id, actor_sub, delegation_mode,
+		audience, envelope_jti, token_jti, grant_id) VALUES (?, ?, ?, ?, 'c1', 'alice', ?, ?, ?, ?, ?)`
+	exec(audit, "evt_1", us(-10*time.Minute), "token_exchange", "granted", "on_behalf_of", "orders", "e1", "t1", "g1")
+	exec(audit, "evt_2", us(-5*time.Minute), "client_credentials", "granted", "", "https://mandate.example", "", "t2", "")
+	exec(audit, "evt_3", us(-2*time.Minute), "revoke", "granted", "", "orders", "", "t1", "g1")
+	// A client that reused an envelope jti after the first one expired: two exchanges, one key.
+	exec(audit, "evt_4", us(-100*time.Minute), "token_exchange", "granted", "on_behalf_of", "orders", "e9", "t4", "g1")
+	exec(audit, "evt_5", us(-20*time.Minute), "token_exchange", "granted", "service_identity", "orders", "e9", "t5", "g1")
+	tok := `INSERT INTO issued_tokens (jti, client_id, subject, audience, grant_id, issued_at, expires_at, revoked_at)
+		VALUES (?, 'c1', ?, ?, ?, ?, ?, ?)`
+	exec(tok, "t1", "alice", "orders", "g1", us(-10*time.Minute), us(5*time.Minute), us(-2*time.Minute))
+	exec(tok, "t2", "c1", "https://mandate.example", "", us(-5*time.Minute), us(10*time.Minute), nil)
+	exec(tok, "t5", "c1", "orders", "g1", us(-20*time.Minute), us(2*time.Minute), nil)
+	mark := `INSERT INTO replay_marks (key, expires_at) VALUES (?, ?)`
+	exec(mark, liveKey, us(50*time.Minute))
+	exec(mark, reusedKey, us(40*time.Minute))
+	exec(mark, "assertion|2:c1|a1", us(time.Minute))
+
+	s := open(t, path) // migrates up
+	st, err := s.GetTokenState(ctx, "t1")
+	if err != nil {
+		t.Fatalf("GetTokenState of a token issued before the upgrade: %v", err)
+	}
+	if !st.ExpiresAt.Equal(now.Add(5*time.Minute)) || !st.RevokedAt.Equal(now.Add(-2*time.Minute)) ||
+		st.ClientID != "c1" || st.GrantID != "g1" || st.Audience != "orders" {
+		t.Errorf("t1 after the upgrade: %+v", st)
+	}
+	if st, err := s.GetTokenState(ctx, "t2"); err != nil || !st.RevokedAt.IsZero() || !st.ExpiresAt.Equal(now.Add(10*time.Minute)) {
+		t.Errorf("t2 after the upgrade: %+v, %v", st, err)
+	}
+	if _, err := s.GetTokenState(ctx, "t4"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("t4 (its record was collected before the upgrade): %v, want ErrNotFound", err)
+	}
+	issuance := func(jti, key string) storage.Issuance {
+		return storage.Issuance{
+			Audit: storage.AuditRecord{ID: storage.NewID("evt"), Time: time.Now(), Event: "token_exchange",
+				Outcome: storage.OutcomeGranted, ClientID: "c1", Audience: "orders", TokenJTI: jti, GrantID: "g1"},
+			TokenExpiresAt: time.Now().Add(5 * time.Minute),
+			ReplayKey:      key,
+		}
+	}
+	for _, key := range []string{liveKey, reusedKey} {
+		if err := s.RecordIssuance(ctx, issuance(storage.NewID("at"), key)); !errors.Is(err, storage.ErrConflict) {
+			t.Errorf("issuance with %s, used before the upgrade: %v, want ErrConflict", key, err)
+		}
+	}
+	if err := s.MarkUsed(ctx, storage.ReplayMark{Key: "assertion|2:c1|a1", ExpiresAt: now.Add(time.Minute)}, now); !errors.Is(err, storage.ErrConflict) {
+		t.Errorf("client assertion mark set before the upgrade: %v, want ErrConflict", err)
+	}
+	if err := s.RecordIssuance(ctx, issuance("t6", "eie|2:c1|2:e6|orders")); err != nil {
+		t.Fatalf("issuance after the upgrade: %v", err)
+	}
+
+	if _, err := p.DownTo(ctx, 1); err != nil {
+		t.Fatalf("DownTo 1: %v", err)
+	}
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM issued_tokens
+		WHERE (jti = 't1' AND revoked_at IS NOT NULL AND subject = 'alice')
+		   OR (jti = 't2' AND revoked_at IS NULL AND subject = 'c1')
+		   OR (jti = 't5' AND subject = 'c1') OR jti = 't6'`).Scan(&n); err != nil || n != 4 {
+		t.Errorf("issued_tokens after Down: %d of the 4 tokens, %v", n, err)
+	}
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM replay_marks
+		WHERE key IN (?, ?, ?, ?) AND expires_at > ?`, liveKey, reusedKey, "eie|2:c1|2:e6|orders",
+		"assertion|2:c1|a1", time.Now().UnixMicro()).Scan(&n); err != nil || n != 4 {
+		t.Errorf("live replay marks after Down: %d of 4, %v", n, err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		t.Fatalf("Up again: %v", err)
+	}
+	if _, err := s.GetTokenState(ctx, "t6"); err != nil {
+		t.Errorf("t6 after Down and Up: %v", err)
+	}
+}
