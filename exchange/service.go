@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mandatehq/mandate/envelope"
@@ -16,6 +17,7 @@ import (
 // Signer signs the issued tokens with Mandate's active key (package keys implements it).
 type Signer interface {
 	// Sign returns the compact JWS of payload with header typ, and the kid that signed it.
+	// It must not keep payload: the caller reuses the buffer.
 	Sign(payload []byte, typ string) (token, kid string, err error)
 }
 
@@ -421,8 +423,17 @@ func (s *Service) resolveTarget(ctx context.Context, req Request) (*storage.Audi
 	return found, nil
 }
 
+// claimBufs holds buffers for the claims of the token being signed (about 600 bytes): the
+// signer encodes them into a token of its own, so each buffer is reused.
+var claimBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
 func (s *Service) sign(claims *TokenClaims) (string, error) {
-	token, _, err := s.signer.Sign(claims.AppendJSON(make([]byte, 0, 640)), TypAccessToken)
+	bp := claimBufs.Get().(*[]byte)
+	*bp = claims.AppendJSON((*bp)[:0])
+	token, _, err := s.signer.Sign(*bp, TypAccessToken)
+	if cap(*bp) <= 16<<10 {
+		claimBufs.Put(bp)
+	}
 	if err != nil {
 		return "", fail(CodeServerError, ReasonSigningFailed, "the token could not be issued", err)
 	}
