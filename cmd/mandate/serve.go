@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"runtime/debug"
 	"sync"
 	"time"
 )
@@ -109,20 +108,3 @@ func (s *listener) serve() error {
 }
 
 func (s *listener) close() { s.ln.Close() }
-
-// GC setting for serve when the operator sets neither GOGC nor GOMEMLIMIT. The token
-// endpoint allocates a few KiB per exchange over a live heap of a few MiB, so with Go's
-// default GOGC=100 the collector ran constantly: a profile at 3,300 exchanges/s put a sixth of
-// the server's CPU in allocation and GC. GOGC=250 cut the server's CPU per exchange by about
-// 5% (mandate bench, Postgres, 16 connections) and kept peak RSS near 50 MiB at 16 and 56 MiB
-// at 64 connections, inside issue 7's 64 MiB; 400 saved a little more but went past it. No
-// memory limit is set: with a large client catalog the live heap can approach any small
-// limit, and then the collector would run without pause.
-const serveGCPercent = 250
-
-func tuneGC(getenv func(string) string) {
-	if getenv("GOGC") != "" || getenv("GOMEMLIMIT") != "" {
-		return // the operator's choice wins; the runtime has already applied it
-	}
-	debug.SetGCPercent(serveGCPercent)
-}
