@@ -175,8 +175,9 @@ type bench struct {
 	signer   *envelope.Signer
 	lifetime time.Duration // exp - iat of every envelope
 	tokenURL string
-	authz    string // the Basic Authorization header value
-	prefix   string // the form body before the subject token
+	authz    string     // the Basic Authorization header value
+	conn     *benchConn // the load connections' template, never dialled
+	prefix   string     // the form body before the subject token
 
 	stock     chan []byte
 	preminted int64
@@ -186,6 +187,9 @@ type bench struct {
 
 func (b *bench) setup(ctx context.Context) error {
 	b.tokenURL = b.cfg.URL + "/oauth2/token"
+	if _, err := newBenchConn(b.tokenURL, "", b.cfg.Timeout); err != nil {
+		return usagef("bad --url: %v", err)
+	}
 	b.issuer = b.cfg.Issuer
 	if b.issuer == "" {
 		iss, err := b.discoverIssuer(ctx)
@@ -273,6 +277,7 @@ func (b *bench) setup(ctx context.Context) error {
 	req, _ := http.NewRequest(http.MethodPost, b.tokenURL, nil)
 	req.SetBasicAuth(url.QueryEscape(b.clientID), url.QueryEscape(b.secret))
 	b.authz = req.Header.Get("Authorization")
+	b.conn, _ = newBenchConn(b.tokenURL, b.authz, b.cfg.Timeout) // the URL was checked above
 	b.prefix = url.Values{
 		"grant_type":         {grantTypeTE},
 		"subject_token_type": {envelope.TokenType},
@@ -439,8 +444,10 @@ func (b *bench) probe(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c := b.conn.fresh()
+	defer c.close()
 	var buf bytes.Buffer
-	code, err := b.exchange(ctx, body, &buf)
+	code, err := b.exchange(ctx, c, body, &buf)
 	if err != nil {
 		return fmt.Errorf("the first exchange at %s: %w", b.tokenURL, err)
 	}
@@ -450,27 +457,14 @@ func (b *bench) probe(ctx context.Context) error {
 	return nil
 }
 
-// exchange posts one envelope. It returns "" on success, the OAuth error code (or
+// exchange posts one envelope on c. It returns "" on success, the OAuth error code (or
 // http_<status>, bad_response) on a refusal, and an error when the request did not complete.
-func (b *bench) exchange(ctx context.Context, body []byte, buf *bytes.Buffer) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.tokenURL, bytes.NewReader(body))
+func (b *bench) exchange(ctx context.Context, c *benchConn, body []byte, buf *bytes.Buffer) (string, error) {
+	status, err := c.post(ctx, body, buf)
 	if err != nil {
 		return "", err
 	}
-	req.Header["Content-Type"] = []string{"application/x-www-form-urlencoded"}
-	req.Header["Authorization"] = []string{b.authz}
-	req.Header["Accept"] = []string{"application/json"}
-	res, err := b.httpc.Do(req)
-	if err != nil {
-		return "", err
-	}
-	buf.Reset()
-	_, err = buf.ReadFrom(io.LimitReader(res.Body, 64<<10))
-	res.Body.Close()
-	if err != nil {
-		return "", err
-	}
-	if res.StatusCode == http.StatusOK {
+	if status == http.StatusOK {
 		// Parsed as a client would, so a malformed success counts as an error, not a win.
 		var ok struct {
 			AccessToken string `json:"access_token"`
@@ -488,7 +482,7 @@ func (b *bench) exchange(ctx context.Context, body []byte, buf *bytes.Buffer) (s
 	if json.Unmarshal(buf.Bytes(), &e) == nil && e.Error != "" && len(e.Error) <= 64 {
 		return e.Error, nil
 	}
-	return fmt.Sprintf("http_%d", res.StatusCode), nil
+	return fmt.Sprintf("http_%d", status), nil
 }
 
 func errorDescription(body []byte) string {
@@ -524,7 +518,9 @@ func (b *bench) load(ctx context.Context) *benchResult {
 	for i := range workers {
 		w := &benchWorker{errors: map[string]int64{}}
 		workers[i] = w
+		c := b.conn.fresh()
 		wg.Go(func() {
+			defer c.close()
 			var buf bytes.Buffer
 			for loadCtx.Err() == nil && time.Now().Before(measureTo) {
 				body := b.next(loadCtx)
@@ -532,7 +528,7 @@ func (b *bench) load(ctx context.Context) *benchResult {
 					return
 				}
 				t0 := time.Now()
-				code, err := b.exchange(loadCtx, body, &buf)
+				code, err := b.exchange(loadCtx, c, body, &buf)
 				t1 := time.Now()
 				if err != nil {
 					if loadCtx.Err() != nil {
