@@ -1,16 +1,17 @@
 package postgres
 
 import (
-	"errors"
 	"testing"
 	"time"
 
-	"github.com/mandatehq/mandate/storage"
+	"github.com/mandatehq/mandate/storage/storagetest"
 )
 
 // Migration 2 moves the token records and the live envelope replay marks of version 1 onto
 // the audit log. Tokens issued before the upgrade must still introspect (and stay revoked),
 // and envelopes exchanged before it must stay used; Down must give version 1 its rows back.
+// The fixture and the checks through the contract are storagetest's; storage/sqlite writes
+// the same rows.
 func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
 	url := testURL(t)
 	ctx := t.Context()
@@ -34,8 +35,7 @@ func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
 	migrate("UpTo 1", func() error { _, err := p.UpTo(ctx, 1); return err })
 
 	now := time.Now().UTC().Truncate(time.Second)
-	// exchange.replayKey's format: eie|<bytes>:<client_id>|<bytes>:<jti>|<audience>.
-	const liveKey, reusedKey = "eie|2:c1|2:e1|orders", "eie|2:c1|2:e9|orders"
+	liveKey, reusedKey := storagetest.V1LiveKey, storagetest.V1ReusedKey
 	exec := func(sql string, args ...any) {
 		t.Helper()
 		if _, err := s.pool.Exec(ctx, sql, args...); err != nil {
@@ -61,39 +61,11 @@ func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
 	mark := `INSERT INTO replay_marks (key, expires_at) VALUES ($1, $2)`
 	exec(mark, liveKey, now.Add(50*time.Minute))
 	exec(mark, reusedKey, now.Add(40*time.Minute))
-	exec(mark, "assertion|2:c1|a1", now.Add(time.Minute))
+	exec(mark, storagetest.V1AssertionKey, now.Add(time.Minute))
 
 	migrate("Up", func() error { _, err := p.Up(ctx); return err })
 
-	st, err := s.GetTokenState(ctx, "t1")
-	if err != nil {
-		t.Fatalf("GetTokenState of a token issued before the upgrade: %v", err)
-	}
-	if !st.ExpiresAt.Equal(now.Add(5*time.Minute)) || !st.RevokedAt.Equal(now.Add(-2*time.Minute)) ||
-		st.ClientID != "c1" || st.GrantID != "g1" || st.Audience != "orders" {
-		t.Errorf("t1 after the upgrade: %+v", st)
-	}
-	if st, err := s.GetTokenState(ctx, "t2"); err != nil || !st.RevokedAt.IsZero() || !st.ExpiresAt.Equal(now.Add(10*time.Minute)) {
-		t.Errorf("t2 after the upgrade: %+v, %v", st, err)
-	}
-	if _, err := s.GetTokenState(ctx, "t4"); !errors.Is(err, storage.ErrNotFound) {
-		t.Errorf("t4 (its record was collected before the upgrade): %v, want ErrNotFound", err)
-	}
-	for _, key := range []string{liveKey, reusedKey} {
-		iss := issuance("g1", storage.NewID("at"), key)
-		iss.Audit.ClientID = "c1"
-		if err := s.RecordIssuance(ctx, iss); !errors.Is(err, storage.ErrConflict) {
-			t.Errorf("issuance with %s, used before the upgrade: %v, want ErrConflict", key, err)
-		}
-	}
-	if err := s.MarkUsed(ctx, storage.ReplayMark{Key: "assertion|2:c1|a1", ExpiresAt: now.Add(time.Minute)}, now); !errors.Is(err, storage.ErrConflict) {
-		t.Errorf("client assertion mark set before the upgrade: %v, want ErrConflict", err)
-	}
-	fresh := issuance("g1", "t6", "eie|2:c1|2:e6|orders")
-	fresh.Audit.ClientID = "c1"
-	if err := s.RecordIssuance(ctx, fresh); err != nil {
-		t.Fatalf("issuance after the upgrade: %v", err)
-	}
+	storagetest.CheckUpgradeFromV1(t, s, now)
 
 	migrate("DownTo 1", func() error { _, err := p.DownTo(ctx, 1); return err })
 	var n int
@@ -104,7 +76,7 @@ func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
 		t.Errorf("issued_tokens after Down: %d of the 4 tokens, %v", n, err)
 	}
 	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM replay_marks WHERE key = ANY($1) AND expires_at > now()`,
-		[]string{liveKey, reusedKey, "eie|2:c1|2:e6|orders", "assertion|2:c1|a1"}).Scan(&n); err != nil || n != 4 {
+		[]string{liveKey, reusedKey, storagetest.V1NewKey, storagetest.V1AssertionKey}).Scan(&n); err != nil || n != 4 {
 		t.Errorf("live replay marks after Down: %d of 4, %v", n, err)
 	}
 	migrate("Up again", func() error { _, err := p.Up(ctx); return err })

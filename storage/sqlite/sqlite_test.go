@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pressly/goose/v3"
+
 	"github.com/mandatehq/mandate/migrations"
 	"github.com/mandatehq/mandate/storage"
 	"github.com/mandatehq/mandate/storage/sqlite"
@@ -27,6 +29,21 @@ func open(t testing.TB, path string) *sqlite.Store {
 		}
 	})
 	return s
+}
+
+// rawProvider opens the file at path without a store, for tests that migrate it by hand.
+func rawProvider(t *testing.T, path string) (*sql.DB, *goose.Provider) {
+	t.Helper()
+	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	p, err := migrations.NewProvider(migrations.SQLite, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, p
 }
 
 func TestConformance(t *testing.T) {
@@ -111,15 +128,7 @@ func TestMigrationsDownAndUpAgain(t *testing.T) {
 	if err := s.CreateClient(ctx, &storage.Client{ID: "c", CreatedAt: now, UpdatedAt: now}); err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	p, err := migrations.NewProvider(migrations.SQLite, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, p := rawProvider(t, path)
 	if _, err := p.DownTo(ctx, 0); err != nil {
 		t.Fatalf("migrate down to 0: %v", err)
 	}

@@ -1,40 +1,29 @@
 package sqlite_test
 
 import (
-	"database/sql"
-	"errors"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/mandatehq/mandate/migrations"
-	"github.com/mandatehq/mandate/storage"
+	"github.com/mandatehq/mandate/storage/storagetest"
 )
 
 // Migration 2 moves the token records and the live envelope replay marks of version 1 onto
 // the audit log. Tokens issued before the upgrade must still introspect (and stay revoked),
 // and envelopes exchanged before it must stay used; Down must give version 1 its rows back.
-// storage/postgres has the same test.
+// The fixture and the checks through the contract are storagetest's; storage/postgres writes
+// the same rows.
 func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
 	ctx := t.Context()
 	path := filepath.Join(t.TempDir(), "m.db")
-	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	p, err := migrations.NewProvider(migrations.SQLite, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, p := rawProvider(t, path)
 	if _, err := p.UpTo(ctx, 1); err != nil {
 		t.Fatalf("UpTo 1: %v", err)
 	}
 
 	now := time.Now().UTC().Truncate(time.Second)
 	us := func(d time.Duration) int64 { return now.Add(d).UnixMicro() }
-	// exchange.replayKey's format: eie|<bytes>:<client_id>|<bytes>:<jti>|<audience>.
-	const liveKey, reusedKey = "eie|2:c1|2:e1|orders", "eie|2:c1|2:e9|orders"
+	liveKey, reusedKey := storagetest.V1LiveKey, storagetest.V1ReusedKey
 	exec := func(q string, args ...any) {
 		t.Helper()
 		if _, err := db.ExecContext(ctx, q, args...); err != nil {
@@ -60,42 +49,10 @@ func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
 	mark := `INSERT INTO replay_marks (key, expires_at) VALUES (?, ?)`
 	exec(mark, liveKey, us(50*time.Minute))
 	exec(mark, reusedKey, us(40*time.Minute))
-	exec(mark, "assertion|2:c1|a1", us(time.Minute))
+	exec(mark, storagetest.V1AssertionKey, us(time.Minute))
 
 	s := open(t, path) // migrates up
-	st, err := s.GetTokenState(ctx, "t1")
-	if err != nil {
-		t.Fatalf("GetTokenState of a token issued before the upgrade: %v", err)
-	}
-	if !st.ExpiresAt.Equal(now.Add(5*time.Minute)) || !st.RevokedAt.Equal(now.Add(-2*time.Minute)) ||
-		st.ClientID != "c1" || st.GrantID != "g1" || st.Audience != "orders" {
-		t.Errorf("t1 after the upgrade: %+v", st)
-	}
-	if st, err := s.GetTokenState(ctx, "t2"); err != nil || !st.RevokedAt.IsZero() || !st.ExpiresAt.Equal(now.Add(10*time.Minute)) {
-		t.Errorf("t2 after the upgrade: %+v, %v", st, err)
-	}
-	if _, err := s.GetTokenState(ctx, "t4"); !errors.Is(err, storage.ErrNotFound) {
-		t.Errorf("t4 (its record was collected before the upgrade): %v, want ErrNotFound", err)
-	}
-	issuance := func(jti, key string) storage.Issuance {
-		return storage.Issuance{
-			Audit: storage.AuditRecord{ID: storage.NewID("evt"), Time: time.Now(), Event: "token_exchange",
-				Outcome: storage.OutcomeGranted, ClientID: "c1", Audience: "orders", TokenJTI: jti, GrantID: "g1"},
-			TokenExpiresAt: time.Now().Add(5 * time.Minute),
-			ReplayKey:      key,
-		}
-	}
-	for _, key := range []string{liveKey, reusedKey} {
-		if err := s.RecordIssuance(ctx, issuance(storage.NewID("at"), key)); !errors.Is(err, storage.ErrConflict) {
-			t.Errorf("issuance with %s, used before the upgrade: %v, want ErrConflict", key, err)
-		}
-	}
-	if err := s.MarkUsed(ctx, storage.ReplayMark{Key: "assertion|2:c1|a1", ExpiresAt: now.Add(time.Minute)}, now); !errors.Is(err, storage.ErrConflict) {
-		t.Errorf("client assertion mark set before the upgrade: %v, want ErrConflict", err)
-	}
-	if err := s.RecordIssuance(ctx, issuance("t6", "eie|2:c1|2:e6|orders")); err != nil {
-		t.Fatalf("issuance after the upgrade: %v", err)
-	}
+	storagetest.CheckUpgradeFromV1(t, s, now)
 
 	if _, err := p.DownTo(ctx, 1); err != nil {
 		t.Fatalf("DownTo 1: %v", err)
@@ -108,8 +65,8 @@ func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
 		t.Errorf("issued_tokens after Down: %d of the 4 tokens, %v", n, err)
 	}
 	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM replay_marks
-		WHERE key IN (?, ?, ?, ?) AND expires_at > ?`, liveKey, reusedKey, "eie|2:c1|2:e6|orders",
-		"assertion|2:c1|a1", time.Now().UnixMicro()).Scan(&n); err != nil || n != 4 {
+		WHERE key IN (?, ?, ?, ?) AND expires_at > ?`, liveKey, reusedKey, storagetest.V1NewKey,
+		storagetest.V1AssertionKey, time.Now().UnixMicro()).Scan(&n); err != nil || n != 4 {
 		t.Errorf("live replay marks after Down: %d of 4, %v", n, err)
 	}
 	if _, err := p.Up(ctx); err != nil {

@@ -1,0 +1,61 @@
+package storagetest
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/mandatehq/mandate/storage"
+)
+
+// The schema upgrade fixture. Each backend's upgrade test writes, in version 1's tables and its
+// own dialect and relative to one time now:
+//
+//   - client c1 and grant g1 (tenant acme, audience orders, active);
+//   - token t1 (token_exchange by c1 under g1, envelope e1, audience orders): issued 10 min ago,
+//     expiring in 5, revoked 2 min ago; plus a revoke audit record naming it;
+//   - token t2 (client_credentials by c1): issued 5 min ago, expiring in 10;
+//   - envelope e9 exchanged twice, 100 min ago (token t4, record collected) and 20 min ago
+//     (token t5, expiring in 2), as a client reusing a jti after expiry could;
+//   - live replay marks V1LiveKey, V1ReusedKey and V1AssertionKey.
+//
+// Then it migrates up and calls CheckUpgradeFromV1.
+const (
+	V1LiveKey      = "eie|2:c1|2:e1|orders" // exchange.replayKey's format
+	V1ReusedKey    = "eie|2:c1|2:e9|orders"
+	V1AssertionKey = "assertion|2:c1|a1"
+	V1NewKey       = "eie|2:c1|2:e6|orders" // t6's, issued by CheckUpgradeFromV1
+)
+
+// CheckUpgradeFromV1 checks, through the storage contract, a store upgraded from the fixture:
+// tokens issued before the upgrade introspect as they did, envelopes and client assertions
+// used before it stay used. It issues t6 under V1NewKey, for the test's own checks after.
+func CheckUpgradeFromV1(t *testing.T, s storage.Store, now time.Time) {
+	t.Helper()
+	ctx := t.Context()
+	st, err := s.GetTokenState(ctx, "t1")
+	if err != nil {
+		t.Fatalf("GetTokenState of a token issued before the upgrade: %v", err)
+	}
+	if !st.ExpiresAt.Equal(now.Add(5*time.Minute)) || !st.RevokedAt.Equal(now.Add(-2*time.Minute)) ||
+		st.ClientID != "c1" || st.GrantID != "g1" || st.Audience != "orders" {
+		t.Errorf("t1 after the upgrade: %+v", st)
+	}
+	if st, err := s.GetTokenState(ctx, "t2"); err != nil || !st.RevokedAt.IsZero() || !st.ExpiresAt.Equal(now.Add(10*time.Minute)) {
+		t.Errorf("t2 after the upgrade: %+v, %v", st, err)
+	}
+	if _, err := s.GetTokenState(ctx, "t4"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("t4 (its record was collected before the upgrade): %v, want ErrNotFound", err)
+	}
+	issue := func(jti, key string) error {
+		iss := makeIssuance(jti, key, "g1", time.Now())
+		iss.Audit.ClientID = "c1"
+		return s.RecordIssuance(ctx, iss)
+	}
+	for _, key := range []string{V1LiveKey, V1ReusedKey} {
+		wantErr(t, issue(storage.NewID("at"), key), storage.ErrConflict, "issuance with "+key+", used before the upgrade")
+	}
+	wantErr(t, s.MarkUsed(ctx, storage.ReplayMark{Key: V1AssertionKey, ExpiresAt: now.Add(time.Minute)}, now),
+		storage.ErrConflict, "client assertion mark set before the upgrade")
+	mustDo(t, issue("t6", V1NewKey), "issuance after the upgrade")
+}
