@@ -64,7 +64,7 @@ func (s *Store) GetAudienceByResource(ctx context.Context, uri string) (*storage
 
 // ListAudiences implements storage.AudienceStore, ordered by id.
 func (s *Store) ListAudiences(ctx context.Context, p storage.Page) ([]storage.Audience, string, error) {
-	after, err := idCursor("audiences", p)
+	after, err := p.AfterID("audiences")
 	if err != nil {
 		return nil, "", err
 	}
@@ -75,7 +75,7 @@ func (s *Store) ListAudiences(ctx context.Context, p storage.Page) ([]storage.Au
 	if err != nil {
 		return nil, "", err
 	}
-	items, next := page(items, limit, func(a *storage.Audience) string { return encodeCursor("audiences", a.ID) })
+	items, next := storage.TrimPage(items, limit, func(a *storage.Audience) string { return storage.EncodeCursor("audiences", a.ID) })
 	return items, next, nil
 }
 

@@ -52,7 +52,7 @@ func (s *Store) AppendAudit(ctx context.Context, r *storage.AuditRecord) error {
 func (s *Store) ListAudit(ctx context.Context, f storage.AuditFilter) ([]storage.AuditRecord, string, error) {
 	var w where
 	if f.Cursor != "" {
-		key, err := decodeCursor("audit", f.Cursor, 2)
+		key, err := storage.DecodeCursor("audit", f.Cursor, 2)
 		if err != nil {
 			return nil, "", err
 		}
@@ -84,8 +84,8 @@ func (s *Store) ListAudit(ctx context.Context, f storage.AuditFilter) ([]storage
 	if err != nil {
 		return nil, "", err
 	}
-	items, next := page(items, limit, func(a *storage.AuditRecord) string {
-		return encodeCursor("audit", strconv.FormatInt(a.Time.UnixMicro(), 10), a.ID)
+	items, next := storage.TrimPage(items, limit, func(a *storage.AuditRecord) string {
+		return storage.EncodeCursor("audit", strconv.FormatInt(a.Time.UnixMicro(), 10), a.ID)
 	})
 	return items, next, nil
 }

@@ -54,7 +54,7 @@ func (s *Store) GetClient(ctx context.Context, id string) (*storage.Client, erro
 
 // ListClients implements storage.ClientStore, ordered by id.
 func (s *Store) ListClients(ctx context.Context, p storage.Page) ([]storage.Client, string, error) {
-	after, err := idCursor("clients", p)
+	after, err := p.AfterID("clients")
 	if err != nil {
 		return nil, "", err
 	}
@@ -65,7 +65,7 @@ func (s *Store) ListClients(ctx context.Context, p storage.Page) ([]storage.Clie
 	if err != nil {
 		return nil, "", err
 	}
-	items, next := page(items, limit, func(c *storage.Client) string { return encodeCursor("clients", c.ID) })
+	items, next := storage.TrimPage(items, limit, func(c *storage.Client) string { return storage.EncodeCursor("clients", c.ID) })
 	return items, next, nil
 }
 

@@ -43,7 +43,7 @@ func (s *Store) GetGrant(ctx context.Context, id string) (*storage.Grant, error)
 
 // ListGrants implements storage.GrantStore, ordered by id.
 func (s *Store) ListGrants(ctx context.Context, f storage.GrantFilter) ([]storage.Grant, string, error) {
-	after, err := idCursor("grants", f.Page)
+	after, err := f.Page.AfterID("grants")
 	if err != nil {
 		return nil, "", err
 	}
@@ -74,7 +74,7 @@ func (s *Store) ListGrants(ctx context.Context, f storage.GrantFilter) ([]storag
 	if err != nil {
 		return nil, "", err
 	}
-	items, next := page(items, limit, func(g *storage.Grant) string { return encodeCursor("grants", g.ID) })
+	items, next := storage.TrimPage(items, limit, func(g *storage.Grant) string { return storage.EncodeCursor("grants", g.ID) })
 	return items, next, nil
 }
 

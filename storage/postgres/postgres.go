@@ -17,7 +17,6 @@ package postgres
 import (
 	"context"
 	"database/sql"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"strconv"
@@ -329,50 +328,6 @@ func collect[T any](rows pgx.Rows, err error, scan func(rowScanner) (*T, error))
 		return nil, mapErr(err)
 	}
 	return items, nil
-}
-
-// ---------------------------------------------------------------------------------------------
-// Cursors: base64url of a kind tag and the last row's sort key, so a cursor from one list
-// (or anything else) is refused by another. Same shape as the SQLite backend's.
-
-const cursorSep = "\x00"
-
-func encodeCursor(kind string, key ...string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(kind + cursorSep + strings.Join(key, cursorSep)))
-}
-
-// decodeCursor returns the n key parts of c, or ErrBadCursor.
-func decodeCursor(kind, c string, n int) ([]string, error) {
-	raw, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil {
-		return nil, fmt.Errorf("%w: not base64url", storage.ErrBadCursor)
-	}
-	parts := strings.Split(string(raw), cursorSep)
-	if len(parts) != n+1 || parts[0] != kind {
-		return nil, fmt.Errorf("%w: not a %s cursor", storage.ErrBadCursor, kind)
-	}
-	return parts[1:], nil
-}
-
-// idCursor reads a cursor over a list ordered by id alone; "" (before every id) when absent.
-func idCursor(kind string, p storage.Page) (after string, err error) {
-	if p.Cursor == "" {
-		return "", nil
-	}
-	key, err := decodeCursor(kind, p.Cursor, 1)
-	if err != nil {
-		return "", err
-	}
-	return key[0], nil
-}
-
-// page trims items fetched with limit+1 to limit and says where the next page starts.
-func page[T any](items []T, limit int, cursor func(last *T) string) ([]T, string) {
-	if len(items) <= limit {
-		return items, ""
-	}
-	items = items[:limit]
-	return items, cursor(&items[limit-1])
 }
 
 // where builds a WHERE clause from the filters a call was given: each condition is written

@@ -75,7 +75,7 @@ func (s *Store) GetAudienceByResource(ctx context.Context, uri string) (*storage
 
 // ListAudiences implements storage.AudienceStore, ordered by id.
 func (s *Store) ListAudiences(ctx context.Context, p storage.Page) ([]storage.Audience, string, error) {
-	after, err := idCursor("audiences", p)
+	after, err := p.AfterID("audiences")
 	if err != nil {
 		return nil, "", err
 	}
@@ -89,11 +89,7 @@ func (s *Store) ListAudiences(ctx context.Context, p storage.Page) ([]storage.Au
 	if err != nil {
 		return nil, "", err
 	}
-	var next string
-	if len(items) > limit {
-		items = items[:limit]
-		next = encodeCursor("audiences", items[limit-1].ID)
-	}
+	items, next := storage.TrimPage(items, limit, func(x *storage.Audience) string { return storage.EncodeCursor("audiences", x.ID) })
 	return items, next, nil
 }
 

@@ -45,7 +45,7 @@ func (s *Store) ListAudit(ctx context.Context, f storage.AuditFilter) ([]storage
 	var where []string
 	var args []any
 	if f.Cursor != "" {
-		key, err := decodeCursor("audit", f.Cursor, 2)
+		key, err := storage.DecodeCursor("audit", f.Cursor, 2)
 		if err != nil {
 			return nil, "", err
 		}
@@ -88,11 +88,8 @@ func (s *Store) ListAudit(ctx context.Context, f storage.AuditFilter) ([]storage
 	if err != nil {
 		return nil, "", err
 	}
-	var next string
-	if len(items) > limit {
-		items = items[:limit]
-		last := items[limit-1]
-		next = encodeCursor("audit", strconv.FormatInt(micros(last.Time), 10), last.ID)
-	}
+	items, next := storage.TrimPage(items, limit, func(a *storage.AuditRecord) string {
+		return storage.EncodeCursor("audit", strconv.FormatInt(micros(a.Time), 10), a.ID)
+	})
 	return items, next, nil
 }

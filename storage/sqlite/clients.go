@@ -54,7 +54,7 @@ func getClient(ctx context.Context, q querier, id string) (*storage.Client, erro
 
 // ListClients implements storage.ClientStore, ordered by id.
 func (s *Store) ListClients(ctx context.Context, p storage.Page) ([]storage.Client, string, error) {
-	after, err := idCursor("clients", p)
+	after, err := p.AfterID("clients")
 	if err != nil {
 		return nil, "", err
 	}
@@ -68,11 +68,7 @@ func (s *Store) ListClients(ctx context.Context, p storage.Page) ([]storage.Clie
 	if err != nil {
 		return nil, "", err
 	}
-	var next string
-	if len(items) > limit {
-		items = items[:limit]
-		next = encodeCursor("clients", items[limit-1].ID)
-	}
+	items, next := storage.TrimPage(items, limit, func(x *storage.Client) string { return storage.EncodeCursor("clients", x.ID) })
 	return items, next, nil
 }
 

@@ -42,7 +42,7 @@ func (s *Store) GetGrant(ctx context.Context, id string) (*storage.Grant, error)
 
 // ListGrants implements storage.GrantStore, ordered by id.
 func (s *Store) ListGrants(ctx context.Context, f storage.GrantFilter) ([]storage.Grant, string, error) {
-	after, err := idCursor("grants", f.Page)
+	after, err := f.Page.AfterID("grants")
 	if err != nil {
 		return nil, "", err
 	}
@@ -86,11 +86,7 @@ func (s *Store) ListGrants(ctx context.Context, f storage.GrantFilter) ([]storag
 	if err != nil {
 		return nil, "", err
 	}
-	var next string
-	if len(items) > limit {
-		items = items[:limit]
-		next = encodeCursor("grants", items[limit-1].ID)
-	}
+	items, next := storage.TrimPage(items, limit, func(x *storage.Grant) string { return storage.EncodeCursor("grants", x.ID) })
 	return items, next, nil
 }
 

@@ -17,7 +17,6 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -402,39 +401,4 @@ func (c bytesCol) Scan(v any) error {
 		return fmt.Errorf("bytes column holds %T", v)
 	}
 	return nil
-}
-
-// ---------------------------------------------------------------------------------------------
-// Cursors: base64url of a kind tag and the last row's sort key, so a cursor from one list
-// (or anything else) is refused by another.
-
-const cursorSep = "\x00"
-
-func encodeCursor(kind string, key ...string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(kind + cursorSep + strings.Join(key, cursorSep)))
-}
-
-// decodeCursor returns the n key parts of c, or ErrBadCursor.
-func decodeCursor(kind, c string, n int) ([]string, error) {
-	raw, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil {
-		return nil, fmt.Errorf("%w: not base64url", storage.ErrBadCursor)
-	}
-	parts := strings.Split(string(raw), cursorSep)
-	if len(parts) != n+1 || parts[0] != kind {
-		return nil, fmt.Errorf("%w: not a %s cursor", storage.ErrBadCursor, kind)
-	}
-	return parts[1:], nil
-}
-
-// idCursor reads a cursor over a list ordered by id alone.
-func idCursor(kind string, p storage.Page) (after string, err error) {
-	if p.Cursor == "" {
-		return "", nil
-	}
-	key, err := decodeCursor(kind, p.Cursor, 1)
-	if err != nil {
-		return "", err
-	}
-	return key[0], nil
 }
