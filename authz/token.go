@@ -121,22 +121,9 @@ func parseForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.PostForm = form
-	r.Form = form
-	if r.URL.RawQuery != "" {
-		// As r.ParseForm would: r.Form also holds the query (r.PostForm alone is read here).
-		q, err := url.ParseQuery(r.URL.RawQuery)
-		if err != nil {
-			return nil, invalidRequest("the request URL's query is not valid")
-		}
-		r.Form = make(url.Values, len(form)+len(q))
-		for k, vs := range form {
-			r.Form[k] = vs
-		}
-		for k, vs := range q {
-			r.Form[k] = append(r.Form[k], vs...)
-		}
-	}
+	// r.Form too, so fosite's ParseMultipartForm parses nothing again. It holds the body
+	// alone: OAuth parameters travel in the body (RFC 6749 §3.2), and nothing reads the query.
+	r.PostForm, r.Form = form, form
 	for k, vs := range form {
 		if !isText(k) {
 			return form, errNotText

@@ -195,8 +195,8 @@ func (s *Server) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-// collectGarbage deletes expired replay marks and issued-token records: both are useless
-// once what they guard has expired.
+// collectGarbage deletes expired replay marks and the revocations of expired tokens: both are
+// useless once what they guard has expired. (Issued tokens themselves are audit records, kept.)
 func (s *Server) collectGarbage(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -208,13 +208,13 @@ func (s *Server) collectGarbage(ctx context.Context, every time.Duration) {
 		}
 		now := time.Now()
 		marks, err1 := s.store.DeleteExpiredReplayMarks(ctx, now)
-		toks, err2 := s.store.DeleteExpiredTokens(ctx, now.Add(-time.Minute))
+		revs, err2 := s.store.DeleteExpiredTokens(ctx, now.Add(-time.Minute))
 		if err := errors.Join(err1, err2); err != nil && ctx.Err() == nil {
 			s.log.Warn("garbage collection failed", "err", err)
 			continue
 		}
-		if marks+toks > 0 {
-			s.log.Debug("garbage collected", "replay_marks", marks, "tokens", toks)
+		if marks+revs > 0 {
+			s.log.Debug("garbage collected", "replay_marks", marks, "token_revocations", revs)
 		}
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"io"
 	"math"
 	"math/bits"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -107,14 +106,9 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	b := &bench{cfg: cfg, stderr: stderr}
-	b.httpc = &http.Client{Timeout: cfg.Timeout, Transport: &http.Transport{
-		Proxy:               nil, // a benchmark measures the server, never a proxy
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        cfg.Concurrency,
-		MaxIdleConnsPerHost: cfg.Concurrency,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-	}}
+	// For the metadata document only; the load runs on benchConns. A benchmark measures the
+	// server, never a proxy.
+	b.httpc = &http.Client{Timeout: cfg.Timeout, Transport: &http.Transport{Proxy: nil}}
 	defer b.httpc.CloseIdleConnections()
 	// The admin client takes its token from the public listener the bench targets.
 	adminEnv := func(k string) string {

@@ -29,7 +29,7 @@ const (
 
 // memoryLimit is the soft memory limit for a live heap of live bytes.
 func memoryLimit(live uint64) int64 {
-	return max(memLimitFloor, 2*int64(min(live, 1<<50))+memLimitHeadroom)
+	return max(memLimitFloor, 2*int64(live)+memLimitHeadroom)
 }
 
 var gcTuneOnce sync.Once
