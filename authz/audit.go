@@ -11,13 +11,6 @@ import (
 	"github.com/mandatehq/mandate/storage"
 )
 
-// Reason codes of refusals decided here, before exchange sees the request.
-const (
-	ReasonClientAuthFailed = "client_authentication_failed"
-	ReasonMalformedRequest = "malformed_request"
-	ReasonNotTokenOwner    = "token_not_issued_to_client"
-)
-
 // auditRefusal records a token endpoint refusal that exchange did not record itself (client
 // authentication, grant type, parameter shape), so every denied attempt is in the audit log
 // (SPEC §8). The client_id is the one claimed, clipped: unauthenticated input. Requests
@@ -62,13 +55,8 @@ func (s *Server) auditDenial(r *http.Request, event string, form url.Values, err
 		return // the store is what failed; the log has it
 	}
 	if rec == nil {
-		reason := ReasonMalformedRequest
-		switch wire.Error {
-		case "invalid_client":
-			reason = ReasonClientAuthFailed
-		case "unauthorized_client":
-			reason = exchange.ReasonGrantTypeNotAllowed
-		}
+		// The reason the client was told is the one recorded.
+		reason := wire.Reason
 		clientID := form.Get("client_id")
 		if id, _, ok := r.BasicAuth(); ok {
 			if dec, err := url.QueryUnescape(id); err == nil {

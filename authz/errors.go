@@ -15,6 +15,7 @@ import (
 // oauthError is an error this package raises itself, already in wire terms.
 type oauthError struct {
 	code        string
+	reason      string // the stable reason code (SPEC §4); derived from code when empty
 	description string
 	status      int
 	cause       error // for logs only
@@ -38,10 +39,40 @@ var errUnavailable = errors.New("authz: storage unavailable")
 // ErrUnavailable is errUnavailable for callers of AuthenticateBearer.
 var ErrUnavailable = errUnavailable
 
-// wireError is an RFC 6749 §5.2 error body.
+// wireError is an RFC 6749 §5.2 error body with Mandate's reason member (SPEC §4): a stable
+// code SDKs act on, the same one the refusal's audit record carries.
 type wireError struct {
 	Error       string `json:"error"`
 	Description string `json:"error_description,omitempty"`
+	Reason      string `json:"reason"`
+}
+
+// Reason codes of failures decided in this package (exchange has its own for decisions).
+const (
+	ReasonMalformedRequest     = "malformed_request"
+	ReasonRequestTooLarge      = "request_too_large"
+	ReasonClientAuthFailed     = "client_authentication_failed"
+	ReasonUnsupportedGrantType = "unsupported_grant_type"
+	ReasonNotTokenOwner        = "token_not_issued_to_client"
+	ReasonInternalError        = "internal_error"
+)
+
+// defaultReason is the reason of an oauthError raised without one: each error code of this
+// package has one cause worth telling apart.
+func defaultReason(code string) string {
+	switch code {
+	case "invalid_client":
+		return ReasonClientAuthFailed
+	case "unauthorized_client":
+		return exchange.ReasonGrantTypeNotAllowed
+	case "unsupported_grant_type":
+		return ReasonUnsupportedGrantType
+	case "server_error":
+		return ReasonInternalError
+	case "temporarily_unavailable":
+		return exchange.ReasonStorageUnavailable
+	}
+	return ReasonMalformedRequest
 }
 
 // writeError is the one place an OAuth error reaches the wire, for every endpoint here. It
@@ -70,33 +101,38 @@ func toWire(err error) (int, wireError) {
 	var fe *fosite.RFC6749Error
 	switch {
 	case errors.Is(err, errUnavailable):
-		return http.StatusServiceUnavailable, wireError{"temporarily_unavailable", "the service is temporarily unavailable; retry later"}
+		return http.StatusServiceUnavailable, wireError{"temporarily_unavailable",
+			"the service is temporarily unavailable; retry later", exchange.ReasonStorageUnavailable}
 	case errors.As(err, &oe):
-		return oe.status, wireError{oe.code, oe.description}
+		reason := oe.reason
+		if reason == "" {
+			reason = defaultReason(oe.code)
+		}
+		return oe.status, wireError{oe.code, oe.description, reason}
 	case errors.As(err, &xe):
 		switch xe.Code {
 		case exchange.CodeServerError:
-			return http.StatusInternalServerError, wireError{xe.Code, "internal error"}
+			return http.StatusInternalServerError, wireError{xe.Code, "internal error", xe.Reason}
 		case exchange.CodeTemporarilyUnavailable:
-			return http.StatusServiceUnavailable, wireError{xe.Code, xe.Description}
+			return http.StatusServiceUnavailable, wireError{xe.Code, xe.Description, xe.Reason}
 		}
-		return http.StatusBadRequest, wireError{xe.Code, xe.Description}
+		return http.StatusBadRequest, wireError{xe.Code, xe.Description, xe.Reason}
 	case errors.As(err, &fe):
 		// fosite's descriptions are fixed, generic sentences; its hints and debug text can
 		// name internals and are dropped.
 		switch fe.ErrorField {
 		case "invalid_client", "jti_known":
-			return http.StatusUnauthorized, wireError{"invalid_client", "client authentication failed"}
+			return http.StatusUnauthorized, wireError{"invalid_client", "client authentication failed", ReasonClientAuthFailed}
 		case "server_error", "misconfiguration", "error":
-			return http.StatusInternalServerError, wireError{"server_error", "internal error"}
+			return http.StatusInternalServerError, wireError{"server_error", "internal error", ReasonInternalError}
 		}
 		status := fe.CodeField
 		if status < 400 || status > 599 {
 			status = http.StatusBadRequest
 		}
-		return status, wireError{fe.ErrorField, fe.DescriptionField}
+		return status, wireError{fe.ErrorField, fe.DescriptionField, defaultReason(fe.ErrorField)}
 	}
-	return http.StatusInternalServerError, wireError{"server_error", "internal error"}
+	return http.StatusInternalServerError, wireError{"server_error", "internal error", ReasonInternalError}
 }
 
 // noStore marks a response uncacheable (RFC 6749 §5.1, RFC 7662 §2.2).

@@ -149,8 +149,8 @@ func parseForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
 // bodyBufs holds read buffers for request bodies; a token request is about 1.5 KB.
 var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
-var errBodyTooLarge = &oauthError{code: "invalid_request", description: "the request body is larger than 64 KiB",
-	status: http.StatusRequestEntityTooLarge}
+var errBodyTooLarge = &oauthError{code: "invalid_request", reason: ReasonRequestTooLarge,
+	description: "the request body is larger than 64 KiB", status: http.StatusRequestEntityTooLarge}
 
 // readForm reads and parses a form body; body enforces the size limit.
 func readForm(body io.Reader) (url.Values, error) {
