@@ -68,7 +68,8 @@ func (a *authenticator) authenticate(ctx context.Context, r *http.Request, form 
 		for _, v := range [...]string{id, pw} {
 			dec, err := url.QueryUnescape(v)
 			if err != nil {
-				return nil, invalidClient("the Basic credentials are not form-encoded", err)
+				// Not err: it quotes the bad escape, a piece of the secret.
+				return nil, invalidClient("the Basic credentials are not form-encoded", nil)
 			}
 			if !isText(dec) {
 				return nil, invalidClient("the Basic credentials are not UTF-8 text without NUL characters", nil)
@@ -92,6 +93,7 @@ func (a *authenticator) authenticate(ctx context.Context, r *http.Request, form 
 
 type assertionHeader struct {
 	Alg  string          `json:"alg"`
+	Typ  string          `json:"typ"`
 	Kid  string          `json:"kid"`
 	Crit json.RawMessage `json:"crit"`
 	B64  json.RawMessage `json:"b64"`
@@ -131,6 +133,11 @@ func (a *authenticator) privateKeyJWT(ctx context.Context, form url.Values) (fos
 	}
 	if hdr.Crit != nil || hdr.B64 != nil {
 		return nil, bad("unsupported header parameters", nil)
+	}
+	if isEnvelopeType(hdr.Typ) {
+		// Envelopes are signed with the same keys and name the issuer in aud too: one must
+		// never stand in for the other (SPEC §10).
+		return nil, bad("typ is "+envelope.Type+": an envelope is not a client assertion", nil)
 	}
 	if !contains(assertionAlgs, hdr.Alg) {
 		return nil, bad("signature algorithm not allowed", nil)
@@ -229,6 +236,13 @@ func (a *authenticator) privateKeyJWT(ctx context.Context, form url.Values) (fos
 		return nil, fmt.Errorf("%w: %w", errUnavailable, err)
 	}
 	return fc, nil
+}
+
+// isEnvelopeType reports whether a JWS typ names the EIE, case-insensitively and with or
+// without the "application/" prefix (RFC 7515 §4.1.9).
+func isEnvelopeType(typ string) bool {
+	t := strings.ToLower(typ)
+	return strings.TrimPrefix(t, "application/") == envelope.Type
 }
 
 func decodeSegment(seg string, dst any) error {

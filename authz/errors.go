@@ -3,6 +3,7 @@ package authz
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -28,8 +29,19 @@ func invalidRequest(description string) error {
 	return &oauthError{code: "invalid_request", description: description, status: http.StatusBadRequest}
 }
 
-func invalidClient(description string, cause error) error {
-	return &oauthError{code: "invalid_client", description: description, status: http.StatusUnauthorized, cause: cause}
+// descClientAuthFailed is the description of every invalid_client answer (SPEC §10): telling
+// an unknown client from a wrong secret, an unknown kid or a bad signature would let anyone
+// probe which clients and keys are registered.
+const descClientAuthFailed = "client authentication failed"
+
+// invalidClient is a failed client authentication. detail says why, for the log only; cause,
+// when not nil, must not quote the credentials (a decoder's error often does).
+func invalidClient(detail string, cause error) error {
+	why := errors.New(detail)
+	if cause != nil {
+		why = fmt.Errorf("%s: %w", detail, cause)
+	}
+	return &oauthError{code: "invalid_client", description: descClientAuthFailed, status: http.StatusUnauthorized, cause: why}
 }
 
 // errUnavailable marks a storage fault anywhere below (including inside fosite, which wraps
@@ -122,7 +134,7 @@ func toWire(err error) (int, wireError) {
 		// name internals and are dropped.
 		switch fe.ErrorField {
 		case "invalid_client", "jti_known":
-			return http.StatusUnauthorized, wireError{"invalid_client", "client authentication failed", ReasonClientAuthFailed}
+			return http.StatusUnauthorized, wireError{"invalid_client", descClientAuthFailed, ReasonClientAuthFailed}
 		case "server_error", "misconfiguration", "error":
 			return http.StatusInternalServerError, wireError{"server_error", "internal error", ReasonInternalError}
 		}
