@@ -63,8 +63,9 @@ func (s *Server) tokenRequest(w http.ResponseWriter, r *http.Request, event stri
 }
 
 // inspect verifies a token Mandate issued and reads its state: signature and typ with the
-// keys, then iss and exp, then the issued-token record (revoked? its grant revoked?). A
-// storage fault is an error; everything else is a verdict.
+// keys, then iss and exp, then the issued-token record (revoked? its grant revoked or gone?
+// its client deleted, or disabled now or since?). A storage fault is an error; everything
+// else is a verdict.
 func (s *Server) inspect(ctx context.Context, token string) (*tokenState, error) {
 	if len(token) > maxTokenBytes {
 		return &tokenState{why: "too large"}, nil
@@ -103,6 +104,16 @@ func (s *Server) inspect(ctx context.Context, token string) (*tokenState, error)
 		st.why = "revoked"
 	case !rec.GrantRevokedAt.IsZero():
 		st.why = "grant revoked"
+	case rec.GrantMissing:
+		st.why = "grant gone"
+	case rec.ClientMissing:
+		st.why = "client deleted"
+	case rec.ClientCreatedAt.After(rec.IssuedAt):
+		st.why = "client deleted (its id was taken again)"
+	case rec.ClientDisabled:
+		st.why = "client disabled"
+	case !rec.ClientDisabledAt.IsZero() && !rec.IssuedAt.After(rec.ClientDisabledAt):
+		st.why = "client disabled since the token was issued"
 	case rec.ClientID != cl.ClientID:
 		st.why = "record does not match"
 	default:
