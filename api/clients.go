@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -106,11 +107,22 @@ func (s *server) UpdateClient(ctx context.Context, req UpdateClientRequestObject
 		}
 		return present
 	}
+	// Only these members can take admin access away; the admin list is locked first, before
+	// the client's own row, so every admin-changing transaction locks in the same order.
+	mayDemote := (b.Disabled != nil && *b.Disabled) || b.AllowedScopes != nil || b.GrantTypes != nil
 	var updated *storage.Client
 	err := s.store.InTx(ctx, func(tx storage.Store) error {
 		changed = changed[:0]
+		var admins []string
+		if mayDemote {
+			var err error
+			if admins, err = lockAdmins(ctx, tx); err != nil {
+				return err
+			}
+		}
 		var err error
 		updated, err = tx.UpdateClient(ctx, req.ClientID, func(c *storage.Client) error {
+			wasDisabled := c.Disabled
 			var v validation
 			if mark("name", b.Name != nil) {
 				c.Name = *b.Name
@@ -160,7 +172,14 @@ func (s *server) UpdateClient(ctx context.Context, req UpdateClientRequestObject
 			if err := v.err(); err != nil {
 				return err
 			}
+			if isLastAdmin(admins, c.ID) && !isAdmin(c) {
+				return errLastAdmin
+			}
 			c.UpdatedAt = s.now()
+			if c.Disabled && !wasDisabled {
+				// Tokens issued until now stay inactive, also if the client is enabled again.
+				c.DisabledAt = c.UpdatedAt
+			}
 			return nil
 		})
 		if err != nil {
@@ -175,12 +194,29 @@ func (s *server) UpdateClient(ctx context.Context, req UpdateClientRequestObject
 	return UpdateClient200JSONResponse(s.clientOut(updated)), nil
 }
 
+// RevokeReasonClientDeleted is the revoke_reason of the grants a client deletion revoked.
+const RevokeReasonClientDeleted = "client_deleted"
+
 func (s *server) DeleteClient(ctx context.Context, req DeleteClientRequestObject) (DeleteClientResponseObject, error) {
 	err := s.store.InTx(ctx, func(tx storage.Store) error {
+		admins, err := lockAdmins(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if isLastAdmin(admins, req.ClientID) {
+			return errLastAdmin
+		}
 		if err := tx.DeleteClient(ctx, req.ClientID); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, EventClientDelete, storage.AuditRecord{}, map[string]any{"client_id": req.ClientID})
+		// After the delete, so a grant created for the client meanwhile is revoked too. The
+		// grants stay, revoked, so the audit trail keeps what they name (SPEC §7).
+		n, err := tx.RevokeGrantsOfClient(ctx, req.ClientID, principalFrom(ctx).ClientID, RevokeReasonClientDeleted, s.now())
+		if err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, EventClientDelete, storage.AuditRecord{},
+			map[string]any{"client_id": req.ClientID, "grants_revoked": n})
 	})
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
@@ -230,6 +266,23 @@ func (s *server) RotateClientSecret(ctx context.Context, req RotateClientSecretR
 		out.PreviousSecretExpiresAt = timeIf(updated.PreviousSecretExpiresAt)
 	}
 	return out, nil
+}
+
+// lockAdmins lists the enabled admin clients and, in tx, locks them: the check "is this the
+// last one?" and the change it guards commit as one (SPEC §7).
+func lockAdmins(ctx context.Context, tx storage.Store) ([]string, error) {
+	return tx.LockEnabledClientsWith(ctx, ScopeAdmin, GrantTypeClientCredentials)
+}
+
+// isAdmin reports whether c can get an admin token with write access: enabled, holding
+// mandate:admin and the client_credentials grant.
+func isAdmin(c *storage.Client) bool {
+	return !c.Disabled && slices.Contains(c.AllowedScopes, ScopeAdmin) && slices.Contains(c.GrantTypes, GrantTypeClientCredentials)
+}
+
+// isLastAdmin reports whether id is the only one of admins.
+func isLastAdmin(admins []string, id string) bool {
+	return len(admins) == 1 && admins[0] == id
 }
 
 // setKeys validates and stores the client's envelope/assertion keys: an inline JWK Set of
