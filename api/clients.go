@@ -76,7 +76,7 @@ func (s *server) CreateClient(ctx context.Context, req CreateClientRequestObject
 		c.GrantTypes = grantTypesIn(*b.GrantTypes)
 	}
 	var v validation
-	setKeys(&v, c, b.Jwks, b.JwksURI)
+	setKeys(&v, c, b.Jwks, b.JwksURI, s.allowLoopbackJWKS)
 	checkClient(&v, c)
 	if err := v.err(); err != nil {
 		return nil, err
@@ -139,7 +139,7 @@ func (s *server) UpdateClient(ctx context.Context, req UpdateClientRequestObject
 				mark("jwks", b.Jwks != nil)
 				mark("jwks_uri", b.JwksURI != nil)
 				c.JWKS, c.JWKSURI = nil, ""
-				setKeys(&v, c, b.Jwks, b.JwksURI)
+				setKeys(&v, c, b.Jwks, b.JwksURI, s.allowLoopbackJWKS)
 			}
 			if mark("grant_types", b.GrantTypes != nil) {
 				c.GrantTypes = grantTypesIn(*b.GrantTypes)
@@ -287,7 +287,7 @@ func isLastAdmin(admins []string, id string) bool {
 
 // setKeys validates and stores the client's envelope/assertion keys: an inline JWK Set of
 // public keys, or an https jwks_uri, never both.
-func setKeys(v *validation, c *storage.Client, set *JWKSet, uri *string) {
+func setKeys(v *validation, c *storage.Client, set *JWKSet, uri *string, allowLoopback bool) {
 	if set != nil && uri != nil {
 		v.add("jwks_uri", "give jwks or jwks_uri, not both")
 		return
@@ -296,7 +296,7 @@ func setKeys(v *validation, c *storage.Client, set *JWKSet, uri *string) {
 		c.JWKS = checkJWKS(v, set)
 	}
 	if uri != nil {
-		if msg := checkJWKSURI(*uri); msg != "" {
+		if msg := checkJWKSURI(*uri, allowLoopback); msg != "" {
 			v.add("jwks_uri", "%s", msg)
 		}
 		c.JWKSURI = *uri
@@ -347,8 +347,10 @@ func checkJWKS(v *validation, set *JWKSet) []byte {
 }
 
 // checkJWKSURI says what is wrong with a jwks_uri, "" when nothing is. Plain http is allowed
-// for loopback hosts only, for development.
-func checkJWKSURI(s string) string {
+// for loopback hosts only, and only when the server allows loopback key sets (development).
+// Whatever the URL names, the key fetcher refuses to connect to non-public addresses
+// (package envelope), after DNS resolution.
+func checkJWKSURI(s string, allowLoopback bool) string {
 	u, err := url.Parse(s)
 	if err != nil || !u.IsAbs() || u.Host == "" {
 		return "must be an absolute https URL"
@@ -363,11 +365,11 @@ func checkJWKSURI(s string) string {
 	case "https":
 		return ""
 	case "http":
-		if isLoopback(u.Hostname()) {
+		if allowLoopback && isLoopback(u.Hostname()) {
 			return ""
 		}
 	}
-	return "must be an https URL (http only for loopback hosts)"
+	return "must be an https URL"
 }
 
 func isLoopback(host string) bool {

@@ -132,7 +132,7 @@ type env struct {
 	now time.Time
 }
 
-func newEnv(t testing.TB, store storage.Store) *env {
+func newEnv(t testing.TB, store storage.Store, opts ...func(*Deps)) *env {
 	t.Helper()
 	m, err := secret.NewMaster(strings.Repeat("s", 32))
 	if err != nil {
@@ -145,9 +145,11 @@ func newEnv(t testing.TB, store storage.Store) *env {
 		t.Fatalf("spec: %v", err)
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	e.srv = httptest.NewServer(NewHandler(Deps{
-		Store: store, Hasher: e.hasher, Auth: testAuth, Keys: e.keys, Logger: logger, Now: e.clock,
-	}))
+	d := Deps{Store: store, Hasher: e.hasher, Auth: testAuth, Keys: e.keys, Logger: logger, Now: e.clock}
+	for _, o := range opts {
+		o(&d)
+	}
+	e.srv = httptest.NewServer(NewHandler(d))
 	t.Cleanup(e.srv.Close)
 	return e
 }

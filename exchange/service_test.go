@@ -363,7 +363,7 @@ func TestRemoteKeySet(t *testing.T) {
 		Audiences: []string{"orders_api"}, Scopes: []string{"orders:read"}, NotBefore: now.Add(-time.Minute),
 		ExpiresAt: now.Add(time.Hour), CreatedAt: now}))
 	svc, err := exchange.New(exchange.Deps{Store: f.store, Verifier: &envelope.Verifier{Issuer: issuer}, Signer: f.keys,
-		KeySets: exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{AllowHTTPLoopback: true}))},
+		KeySets: exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{AllowLoopback: true}))},
 		exchange.Config{Issuer: issuer})
 	if err != nil {
 		t.Fatal(err)
@@ -386,7 +386,8 @@ func TestRemoteKeySet(t *testing.T) {
 func TestCatalogUnknownIDsDoNotEvictKnownOnes(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	cat := f.svc.Catalog()
+	// A TTL far longer than the test, so only eviction can make an entry go.
+	cat := exchange.NewCatalog(f.store, time.Hour, nil)
 	if _, err := cat.Client(ctx, "mcp"); err != nil {
 		t.Fatal(err)
 	}

@@ -40,8 +40,11 @@ type Options struct {
 	// that has none (otherwise one is generated).
 	BootstrapAdminSecret string
 	// Pprof serves /debug/pprof on the admin handler.
-	Pprof  bool
-	Logger *slog.Logger
+	Pprof bool
+	// AllowLoopbackJWKSURI lets clients' jwks_uri name loopback hosts, over http too
+	// (development). Private, link-local and other non-public addresses are refused always.
+	AllowLoopbackJWKSURI bool
+	Logger               *slog.Logger
 }
 
 // MaxTokenLifetime bounds every token Mandate issues: a retired signing key stays published
@@ -116,7 +119,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	svc, err := exchange.New(exchange.Deps{
 		Store:    store,
 		Verifier: &envelope.Verifier{Issuer: o.Issuer},
-		KeySets:  exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{})),
+		KeySets:  exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{AllowLoopback: o.AllowLoopbackJWKSURI})),
 		Signer:   s.keys,
 		Logger:   o.Logger,
 	}, exchange.Config{Issuer: o.Issuer})
@@ -141,6 +144,8 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		// Admin changes are rare: dropping the whole cache after each is simplest and exact.
 		// Other replicas see a change within the cache TTL (exchange.DefaultCacheTTL).
 		OnChange: svc.Catalog().InvalidateAll,
+
+		AllowLoopbackJWKSURI: o.AllowLoopbackJWKSURI,
 	})
 	return s, nil
 }

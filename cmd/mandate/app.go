@@ -38,6 +38,7 @@ func newApp(ctx context.Context, cfg *config, log *slog.Logger, stdout io.Writer
 		KeyPublishAhead:      cfg.KeyPublishAhead,
 		BootstrapAdminSecret: cfg.BootstrapAdminSecret,
 		Pprof:                cfg.Pprof,
+		AllowLoopbackJWKSURI: cfg.AllowLoopbackJWKSURI,
 		Logger:               log,
 	})
 	if err != nil {

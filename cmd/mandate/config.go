@@ -30,6 +30,8 @@ type config struct {
 	LogLevel         string
 	LogFormat        string
 	Pprof            bool
+	// AllowLoopbackJWKSURI: development only.
+	AllowLoopbackJWKSURI bool
 
 	Secret               string // MANDATE_SECRET
 	SecretFile           string // MANDATE_SECRET_FILE
@@ -129,6 +131,8 @@ func parseServeConfig(args []string, getenv func(string) string, stdout io.Write
 	fe.string(&c.LogLevel, "log-level", "MANDATE_LOG_LEVEL", "info", "debug, info, warn or error")
 	fe.string(&c.LogFormat, "log-format", "MANDATE_LOG_FORMAT", "auto", "text, json, or auto (text on a terminal, JSON otherwise)")
 	fe.bool(&c.Pprof, "pprof", "MANDATE_PPROF", false, "serve /debug/pprof on the admin listener")
+	fe.bool(&c.AllowLoopbackJWKSURI, "allow-loopback-jwks-uri", "MANDATE_ALLOW_LOOPBACK_JWKS_URI", false,
+		"development: let jwks_uri name loopback hosts, http:// too (never private or link-local ones)")
 	if err := fe.parse(args, getenv); err != nil {
 		return nil, err
 	}
