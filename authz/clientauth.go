@@ -61,6 +61,14 @@ type authenticator struct {
 }
 
 func (a *authenticator) authenticate(ctx context.Context, r *http.Request, form url.Values) (fosite.Client, error) {
+	c, err := a.authenticateClient(ctx, r, form)
+	if err == nil {
+		noteAuthenticated(ctx, c.GetID())
+	}
+	return c, err
+}
+
+func (a *authenticator) authenticateClient(ctx context.Context, r *http.Request, form url.Values) (fosite.Client, error) {
 	id, pw, basic := r.BasicAuth()
 	if basic {
 		// RFC 6749 §2.3.1: both are form-encoded inside Basic. fosite decodes them again; a

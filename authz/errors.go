@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ory/fosite"
 
@@ -19,7 +22,8 @@ type oauthError struct {
 	reason      string // the stable reason code (SPEC §4); derived from code when empty
 	description string
 	status      int
-	cause       error // for logs only
+	retryAfter  time.Duration // sent as Retry-After when set
+	cause       error         // for logs only
 }
 
 func (e *oauthError) Error() string { return e.code + ": " + e.description }
@@ -67,6 +71,7 @@ const (
 	ReasonUnsupportedGrantType = "unsupported_grant_type"
 	ReasonNotTokenOwner        = "token_not_issued_to_client"
 	ReasonInternalError        = "internal_error"
+	ReasonRateLimited          = "rate_limited"
 )
 
 // defaultReason is the reason of an oauthError raised without one: each error code of this
@@ -102,6 +107,10 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	h.Set("Content-Type", "application/json")
 	if status == http.StatusUnauthorized && usedBasic(r) {
 		h.Set("WWW-Authenticate", `Basic realm="mandate", charset="UTF-8"`)
+	}
+	var oe *oauthError
+	if errors.As(err, &oe) && oe.retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(oe.retryAfter.Seconds()))))
 	}
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(body)

@@ -30,23 +30,36 @@ type tokenState struct {
 // parameter, and the token's state. On false the error answer has been written, and a
 // refusal audited under event unless event is "" (introspection is not an audit event).
 func (s *Server) tokenRequest(w http.ResponseWriter, r *http.Request, event string) (clientID string, st *tokenState, ok bool) {
+	endpoint := endpointIntrospect
+	if event == EventRevoke {
+		endpoint = endpointRevoke
+	}
+	if s.throttled(w, r, endpoint) {
+		return "", nil, false
+	}
 	form, err := parseForm(w, r)
-	refuse := func(err error) (string, *tokenState, bool) {
-		if event != "" && form != nil {
-			s.auditDenial(r, event, form, err, nil)
-		}
+	// Until the client is authenticated a refusal is nobody's: counted, not recorded.
+	anonymous := func(err error) (string, *tokenState, bool) {
+		s.refuseUnauthenticated(r, endpoint, form, err)
 		writeError(w, r, s.log, err)
 		return "", nil, false
 	}
 	if err != nil {
-		return refuse(err)
+		return anonymous(err)
 	}
 	if err := singletons(form, "token", "token_type_hint", "client_id", "client_secret", "client_assertion", "client_assertion_type"); err != nil {
-		return refuse(err)
+		return anonymous(err)
 	}
 	fc, err := s.oauth.AuthenticateClient(r.Context(), r, form)
 	if err != nil {
-		return refuse(err)
+		return anonymous(err)
+	}
+	refuse := func(err error) (string, *tokenState, bool) {
+		if event != "" {
+			s.auditDenial(r, event, fc.GetID(), err, nil)
+		}
+		writeError(w, r, s.log, err)
+		return "", nil, false
 	}
 	token := form.Get("token")
 	switch {

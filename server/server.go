@@ -23,6 +23,7 @@ import (
 	"github.com/mandatehq/mandate/keys"
 	"github.com/mandatehq/mandate/secret"
 	"github.com/mandatehq/mandate/storage"
+	"github.com/mandatehq/mandate/throttle"
 )
 
 // Options configure a Server. Store, Master and Issuer are required.
@@ -44,7 +45,10 @@ type Options struct {
 	// AllowLoopbackJWKSURI lets clients' jwks_uri name loopback hosts, over http too
 	// (development). Private, link-local and other non-public addresses are refused always.
 	AllowLoopbackJWKSURI bool
-	Logger               *slog.Logger
+	// AuthFailures tunes how requests that fail client authentication are throttled per
+	// remote address and aggregated in the audit log (zero values: throttle's defaults).
+	AuthFailures throttle.Config
+	Logger       *slog.Logger
 }
 
 // MaxTokenLifetime bounds every token Mandate issues: a retired signing key stays published
@@ -134,6 +138,9 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		Hasher:   hasher,
 		Logger:   o.Logger,
 		Ready:    s.Ready,
+
+		Throttle:          o.AuthFailures,
+		OnUnauthenticated: m.unauthenticated,
 	})
 	s.admin = api.NewHandler(api.Deps{
 		Store:  store,
@@ -182,10 +189,13 @@ func (s *Server) AdminHandler() http.Handler {
 	return withRequestID(mux)
 }
 
-// Run does the background work until ctx ends: the key rotation loop and the garbage
-// collection of expired replay marks and issued-token records.
+// Run does the background work until ctx ends: the key rotation loop, the garbage
+// collection of expired replay marks and issued-token records, and the aggregated audit
+// records of failed client authentications (written every 10 s for the windows that closed,
+// and for every open one when ctx ends: Run returns after that).
 func (s *Server) Run(ctx context.Context) {
 	var wg sync.WaitGroup
+	wg.Go(func() { s.oauth.RunAuthFailureLog(ctx, 10*time.Second) })
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
