@@ -30,6 +30,7 @@ Commands:
   clients, audiences, grants, keys, audit
               manage Mandate over its admin API ("mandate clients -h")
   bench       provision, load and measure a running Mandate's token exchange
+  flood       send requests that fail client authentication (to measure what they cost)
   healthcheck probe /readyz (for container health checks)
 
 Run "mandate serve -h" for the server's flags; every flag has a MANDATE_* variable.
@@ -62,6 +63,8 @@ func dispatch(ctx context.Context, cmd string, args []string, getenv func(string
 		return runHealthcheck(ctx, args, stdout)
 	case "bench":
 		return runBench(ctx, args, getenv, stdout, stderr)
+	case "flood":
+		return runFlood(ctx, args, getenv, stdout, stderr)
 	case "envelope":
 		return runEnvelope(ctx, args, getenv, stdout)
 	case "version":
