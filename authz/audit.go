@@ -70,27 +70,27 @@ func (s *Server) auditDenial(r *http.Request, event, clientID string, err error,
 
 // refuseUnauthenticated accounts for a request refused before its client was authenticated:
 // counted (metrics; the address's aggregate and throttle), not recorded on its own.
-func (s *Server) refuseUnauthenticated(r *http.Request, endpoint string, form url.Values, err error) {
+func (s *Server) refuseUnauthenticated(att *throttle.Attempt, r *http.Request, endpoint string, form url.Values, err error) {
 	status, wire := toWire(err)
 	if errors.Is(err, errUnavailable) || status >= 500 {
 		return // a fault of ours, not the caller's
 	}
 	s.onUnauthenticated(endpoint, wire.Reason)
-	s.failures.Fail(throttle.Key(hostOf(r.RemoteAddr)), endpoint, wire.Reason,
-		exchange.AuditText(claimedClientID(r, form), maxSampleBytes))
+	att.Fail(endpoint, wire.Reason, exchange.AuditText(claimedClientID(r, form), maxSampleBytes))
 }
 
-// throttled answers 429 when the request's address is throttled, and reports whether it did.
-func (s *Server) throttled(w http.ResponseWriter, r *http.Request, endpoint string) bool {
-	ok, retry := s.failures.Allow(throttle.Key(hostOf(r.RemoteAddr)))
+// admit lets a request in unless its address is throttled, which it answers 429. The
+// attempt it returns must end with Fail (refuseUnauthenticated) or Done.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request, endpoint string) (throttle.Attempt, bool) {
+	att, ok, retry := s.failures.Allow(throttle.Key(hostOf(r.RemoteAddr)))
 	if ok {
-		return false
+		return att, true
 	}
 	s.onUnauthenticated(endpoint, ReasonRateLimited)
 	writeError(w, r, s.log, &oauthError{code: "temporarily_unavailable", reason: ReasonRateLimited,
 		description: "too many failed client authentications from this address; retry later",
 		status:      http.StatusTooManyRequests, retryAfter: retry})
-	return true
+	return att, false
 }
 
 // claimedClientID is the client id a request claimed, unverified: Basic's user, else the

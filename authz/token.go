@@ -26,18 +26,20 @@ import (
 // one transaction); then one writer for the answer and one for every failure.
 func (s *Server) handleToken() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.throttled(w, r, endpointToken) {
+		att, ok := s.admit(w, r, endpointToken)
+		if !ok {
 			return
 		}
+		defer att.Done()
 		form, err := parseForm(w, r)
 		if err != nil {
-			s.refuseUnauthenticated(r, endpointToken, form, err)
+			s.refuseUnauthenticated(&att, r, endpointToken, form, err)
 			writeError(w, r, s.log, err)
 			return
 		}
 		err = checkAuthParams(form)
 		if err != nil {
-			s.refuseUnauthenticated(r, endpointToken, form, err)
+			s.refuseUnauthenticated(&att, r, endpointToken, form, err)
 			writeError(w, r, s.log, err)
 			return
 		}
@@ -45,7 +47,7 @@ func (s *Server) handleToken() http.Handler {
 		ar, err := s.oauth.NewAccessRequest(ctx, r, &tokenSession{})
 		if err != nil {
 			if authed.clientID == "" {
-				s.refuseUnauthenticated(r, endpointToken, form, err)
+				s.refuseUnauthenticated(&att, r, endpointToken, form, err)
 			} else {
 				s.auditRefusal(r, form, authed.clientID, err)
 			}

@@ -34,13 +34,15 @@ func (s *Server) tokenRequest(w http.ResponseWriter, r *http.Request, event stri
 	if event == EventRevoke {
 		endpoint = endpointRevoke
 	}
-	if s.throttled(w, r, endpoint) {
+	att, ok := s.admit(w, r, endpoint)
+	if !ok {
 		return "", nil, false
 	}
+	defer att.Done()
 	form, err := parseForm(w, r)
 	// Until the client is authenticated a refusal is nobody's: counted, not recorded.
 	anonymous := func(err error) (string, *tokenState, bool) {
-		s.refuseUnauthenticated(r, endpoint, form, err)
+		s.refuseUnauthenticated(&att, r, endpoint, form, err)
 		writeError(w, r, s.log, err)
 		return "", nil, false
 	}

@@ -182,31 +182,77 @@ func Key(host string) string {
 	return p.String()
 }
 
-// Allow reports whether a request from addr (a Key) may be served now. When it may not, it
-// counts the refusal in addr's window and says how long until the address may try again.
-func (t *Tracker) Allow(addr string) (ok bool, retryAfter time.Duration) {
+// Attempt is one request Allow let through. Exactly one of Fail and Done must follow (Done
+// after Fail does nothing, so `defer a.Done()` is the way to use it).
+type Attempt struct {
+	t        *Tracker
+	addr     string
+	reserved bool // a failure was taken from the address's bucket in advance
+	over     bool // Fail or Done was called
+}
+
+// Allow reports whether a request from addr (a Key) may be served now. When it may, the
+// Attempt must be ended with Fail or Done. When it may not, Allow counts the refusal in
+// addr's window and says how long until the address may try again.
+//
+// An address that has failed lately pays for each attempt in advance, and gets it back when
+// the attempt does not fail: its requests in flight at once cannot overdraw the bucket.
+func (t *Tracker) Allow(addr string) (a Attempt, ok bool, retryAfter time.Duration) {
+	a = Attempt{t: t, addr: addr}
 	if t.cfg.Burst < 0 {
-		return true, 0
+		return a, true, 0
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.addrs[addr]
 	if e == nil {
-		return true, 0 // the common case: an address that has not failed lately
+		return a, true, 0 // the common case: an address that has not failed lately
 	}
 	now := t.cfg.Now()
 	t.refill(e, now)
 	if e.tokens >= 1 {
-		return true, 0
+		e.tokens--
+		a.reserved = true
+		return a, true, 0
 	}
 	e.agg.note(now)
 	e.agg.Throttled++
-	return false, time.Duration((1 - e.tokens) * float64(t.cfg.Interval))
+	return a, false, time.Duration((1 - e.tokens) * float64(t.cfg.Interval))
 }
 
-// Fail records a request from addr (a Key) that failed, at endpoint, for reason, claiming
-// clientID ("" when it claimed none; the caller cleans it for storage).
+// Done ends an attempt that did not fail: a failure paid in advance is given back.
+func (a *Attempt) Done() {
+	if a.over || a.t == nil {
+		return
+	}
+	a.over = true
+	if !a.reserved {
+		return
+	}
+	t := a.t
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e := t.addrs[a.addr]; e != nil {
+		e.tokens = min(e.tokens+1, float64(t.cfg.Burst))
+	}
+}
+
+// Fail ends an attempt that failed, at endpoint, for reason, claiming clientID ("" when it
+// claimed none; the caller cleans it for storage).
+func (a *Attempt) Fail(endpoint, reason, clientID string) {
+	if a.over || a.t == nil {
+		return
+	}
+	a.over = true
+	a.t.fail(a.addr, endpoint, reason, clientID, a.reserved)
+}
+
+// Fail records a failed request from addr (a Key) that went through no Allow.
 func (t *Tracker) Fail(addr, endpoint, reason, clientID string) {
+	t.fail(addr, endpoint, reason, clientID, false)
+}
+
+func (t *Tracker) fail(addr, endpoint, reason, clientID string, paid bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.cfg.Now()
@@ -218,11 +264,14 @@ func (t *Tracker) Fail(addr, endpoint, reason, clientID string) {
 		e = &entry{key: addr, tokens: float64(t.cfg.Burst), filled: now}
 		e.elem = t.lru.PushFront(e)
 		t.addrs[addr] = e
+		paid = false // forgotten since Allow: pay now
 	} else {
 		t.lru.MoveToFront(e.elem)
 		t.refill(e, now)
 	}
-	e.tokens = max(e.tokens-1, 0)
+	if !paid {
+		e.tokens = max(e.tokens-1, 0)
+	}
 	e.agg.note(now)
 	e.agg.Failures++
 	e.agg.Reasons = addCounts(e.agg.Reasons, map[string]int{reason: 1})

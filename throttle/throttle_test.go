@@ -30,29 +30,65 @@ func newTracker(cfg Config) (*Tracker, *clock) {
 func TestBurstThenOnePerInterval(t *testing.T) {
 	tr, c := newTracker(Config{Burst: 3, Interval: 10 * time.Second})
 	for i := range 3 {
-		if ok, _ := tr.Allow("192.0.2.1"); !ok {
+		a, ok, _ := tr.Allow("192.0.2.1")
+		if !ok {
 			t.Fatalf("refused after %d failures, burst 3", i)
 		}
-		tr.Fail("192.0.2.1", "token", "client_authentication_failed", "x")
+		a.Fail("token", "client_authentication_failed", "x")
 	}
-	ok, retry := tr.Allow("192.0.2.1")
+	_, ok, retry := tr.Allow("192.0.2.1")
 	if ok || retry != 10*time.Second {
 		t.Fatalf("after the burst: ok %v, retry after %s; want refused, 10s", ok, retry)
 	}
-	if ok, _ := tr.Allow("192.0.2.2"); !ok {
+	if _, ok, _ := tr.Allow("192.0.2.2"); !ok {
 		t.Error("another address is refused")
 	}
 	c.Advance(4 * time.Second)
-	if ok, retry := tr.Allow("192.0.2.1"); ok || retry != 6*time.Second {
+	if _, ok, retry := tr.Allow("192.0.2.1"); ok || retry != 6*time.Second {
 		t.Errorf("4 s later: ok %v, retry after %s; want refused, 6s", ok, retry)
 	}
 	c.Advance(6 * time.Second)
-	if ok, _ := tr.Allow("192.0.2.1"); !ok {
-		t.Error("an interval later the address may not try once more")
+	a, ok, _ := tr.Allow("192.0.2.1")
+	if !ok {
+		t.Fatal("an interval later the address may not try once more")
 	}
-	tr.Fail("192.0.2.1", "token", "client_authentication_failed", "x")
-	if ok, _ := tr.Allow("192.0.2.1"); ok {
+	// Paid in advance: a second request in flight at the same time is refused...
+	if _, ok, _ := tr.Allow("192.0.2.1"); ok {
+		t.Error("two requests in flight on one refilled failure")
+	}
+	// ...and an attempt that does not fail gives it back.
+	a.Done()
+	a.Fail("token", "r", "") // after Done: nothing
+	a, ok, _ = tr.Allow("192.0.2.1")
+	if !ok {
+		t.Fatal("an attempt that did not fail used up the refilled failure")
+	}
+	a.Fail("token", "client_authentication_failed", "x")
+	a.Done() // after Fail: nothing
+	if _, ok, _ := tr.Allow("192.0.2.1"); ok {
 		t.Error("the refilled failure was used, yet the address may try again")
+	}
+}
+
+// However many requests an address has in flight, it cannot fail more often than its
+// bucket allows once it is tracked.
+func TestInFlightRequestsCannotOverdraw(t *testing.T) {
+	tr, _ := newTracker(Config{Burst: 5, Interval: time.Hour})
+	tr.Fail("192.0.2.1", "token", "r", "") // tracked from now on
+	var attempts []Attempt
+	for range 50 {
+		if a, ok, _ := tr.Allow("192.0.2.1"); ok {
+			attempts = append(attempts, a)
+		}
+	}
+	if len(attempts) != 4 {
+		t.Fatalf("%d attempts let through at once, want the 4 failures left", len(attempts))
+	}
+	for i := range attempts {
+		attempts[i].Fail("token", "r", "")
+	}
+	if _, ok, _ := tr.Allow("192.0.2.1"); ok {
+		t.Error("allowed after the bucket was spent")
 	}
 }
 
@@ -61,7 +97,7 @@ func TestThrottlingDisabled(t *testing.T) {
 	for range 100 {
 		tr.Fail("192.0.2.1", "token", "r", "")
 	}
-	if ok, _ := tr.Allow("192.0.2.1"); !ok {
+	if _, ok, _ := tr.Allow("192.0.2.1"); !ok {
 		t.Error("refused with throttling disabled")
 	}
 	if a := tr.Due(true); len(a) != 1 || a[0].Failures != 100 {
@@ -73,9 +109,6 @@ func TestOneAggregatePerAddressAndWindow(t *testing.T) {
 	tr, c := newTracker(Config{Burst: 5, Interval: time.Second, MaxSamples: 3})
 	start := c.Now()
 	for i := range 40 {
-		if ok, _ := tr.Allow("192.0.2.1"); !ok {
-			continue
-		}
 		reason := "client_authentication_failed"
 		if i%4 == 0 {
 			reason = "malformed_request"
@@ -122,7 +155,7 @@ func TestThrottledRequestsAreCounted(t *testing.T) {
 		t.Fatalf("first window: %+v", due)
 	}
 	for range 7 {
-		if ok, _ := tr.Allow("192.0.2.1"); ok {
+		if _, ok, _ := tr.Allow("192.0.2.1"); ok {
 			t.Fatal("allowed while throttled")
 		}
 	}
@@ -182,8 +215,13 @@ func TestConcurrentUse(t *testing.T) {
 		wg.Go(func() {
 			for i := range 2000 {
 				addr := fmt.Sprintf("10.0.%d.%d", g, i%200)
-				tr.Allow(addr)
-				tr.Fail(addr, "token", "r", "id")
+				if a, ok, _ := tr.Allow(addr); ok {
+					if i%3 == 0 {
+						a.Done()
+					} else {
+						a.Fail("token", "r", "id")
+					}
+				}
 				if i%100 == 0 {
 					tr.Due(false)
 				}
