@@ -243,11 +243,15 @@ type AuditRecord struct {
 	ClientID       *string `json:"client_id,omitempty"`
 	DelegationMode *string `json:"delegation_mode,omitempty"`
 
-	// Detail For admin events, what changed and which ids.
+	// Detail For admin events, what changed and which ids; for `client_authentication_failed`, the aggregate.
 	Detail      *map[string]interface{} `json:"detail,omitempty"`
 	EnvelopeJti *string                 `json:"envelope_jti,omitempty"`
 
-	// Event `token_exchange`, `client_credentials`, `revoke`, `introspect` or `admin.*`.
+	// Event `token_exchange`, `client_credentials`, `revoke`, `admin.*`, or
+	// `client_authentication_failed`: one record per remote address and minute
+	// aggregating the requests refused before their client was authenticated (no
+	// `client_id`; `detail` holds `count`, `throttled`, `window_start`, `window_end`,
+	// counts by `reason` and `endpoint`, and up to 5 `sample_client_ids`).
 	Event         string    `json:"event"`
 	GrantID       *string   `json:"grant_id,omitempty"`
 	GrantedScopes *[]string `json:"granted_scopes,omitempty"`
