@@ -420,14 +420,14 @@ export function challenge(realm: string | undefined, e: VerificationError): stri
   return params.length ? `Bearer ${params.join(', ')}` : 'Bearer';
 }
 
-/** Writes the RFC 6750 answer for e on a Node (or express) response. */
-export function writeError(res: ServerResponse, realm: string | undefined, e: VerificationError): void {
+/** Writes the RFC 6750 answer for e on a Node (or express) response, with the verifier's realm. */
+export function writeError(res: ServerResponse, verifier: Pick<Verifier, 'challenge'>, e: VerificationError): void {
   res.statusCode = e.status;
   res.setHeader('cache-control', 'no-store');
   if (e.status === 503) {
     res.setHeader('retry-after', '5');
   } else {
-    res.setHeader('www-authenticate', challenge(realm, e));
+    res.setHeader('www-authenticate', verifier.challenge(e));
   }
   if (e.code === '') {
     res.end();
@@ -446,8 +446,6 @@ export function principalOf(req: IncomingMessage): Principal | undefined {
 
 /** Options of {@link protect}. */
 export interface ProtectOptions extends CheckOptions {
-  /** Sent as `realm` in WWW-Authenticate. */
-  realm?: string;
   /** Receives every refusal (never the token), e.g. for logs. */
   onError?: (error: VerificationError, req: IncomingMessage) => void;
 }
@@ -487,7 +485,7 @@ export function protect(
           return;
         }
         options.onError?.(e, req);
-        writeError(res, options.realm, e);
+        writeError(res, verifier, e);
       },
     );
   };
