@@ -13,6 +13,10 @@ if (process.env.MANDATE_BIN) {
   mkdirSync(join(pkg, 'build'), { recursive: true });
   const out = join(pkg, 'build', 'mandate');
   const path = `${process.env.PATH ?? ''}:/usr/local/go/bin`;
-  execFileSync('go', ['build', '-o', out, './cmd/mandate'], { cwd: repo, stdio: 'inherit', env: { ...process.env, PATH: path } });
+  execFileSync('go', ['build', '-o', out, './cmd/mandate'], {
+    cwd: repo,
+    stdio: 'inherit',
+    env: { ...process.env, PATH: path },
+  });
   console.log(`built ${out}`);
 }

@@ -46,7 +46,12 @@ function fakeNet(opts: {
       const form = new URLSearchParams(req.body);
       return opts.token
         ? opts.token(form, exchanges)
-        : Response.json({ access_token: `tok-${exchanges}`, token_type: 'Bearer', expires_in: 300, scope: form.get('scope') ?? '' });
+        : Response.json({
+            access_token: `tok-${exchanges}`,
+            token_type: 'Bearer',
+            expires_in: 300,
+            scope: form.get('scope') ?? '',
+          });
     }
     const route = opts.routes?.[url];
     if (!route) throw new TypeError(`fake network: nothing at ${url}`);
@@ -78,7 +83,12 @@ test('one exchange per key under concurrency, and the request is a well-formed t
   const net = fakeNet({
     token: async (form, n) => {
       await gate;
-      return Response.json({ access_token: `tok-${n}`, token_type: 'Bearer', expires_in: 300, scope: form.get('scope') });
+      return Response.json({
+        access_token: `tok-${n}`,
+        token_type: 'Bearer',
+        expires_in: 300,
+        scope: form.get('scope'),
+      });
     },
   });
   const d = delegator(net);
@@ -127,7 +137,9 @@ test('a cached token is refreshed before it expires (fake clock)', async () => {
   now += 1_000;
   assert.equal(await d.token(alice, 'orders_api'), 'tok-2');
   // A short-lived token is refreshed a fifth of its life before expiry.
-  const shortNet = fakeNet({ token: (_f, n) => Response.json({ access_token: `s-${n}`, token_type: 'bearer', expires_in: 60 }) });
+  const shortNet = fakeNet({
+    token: (_f, n) => Response.json({ access_token: `s-${n}`, token_type: 'bearer', expires_in: 60 }),
+  });
   const s = delegator(shortNet, { now: () => now, signer: clocked });
   assert.equal(await s.token(alice, 'orders_api'), 's-1');
   now += 47_000;
@@ -161,9 +173,18 @@ test('errors are typed and never cached', async () => {
     assert.deepEqual(e.scopes, ['orders:read']);
     return true;
   });
-  await assert.rejects(d.token(alice, 'orders_api'), (e: unknown) => e instanceof UnavailableError && e.retryAfter === 3);
-  await assert.rejects(d.token(alice, 'orders_api'), (e: unknown) => e instanceof ClientError && e.code === 'invalid_client');
-  await assert.rejects(d.token(alice, 'orders_api'), (e: unknown) => e instanceof UnavailableError && e.status === 502);
+  await assert.rejects(
+    d.token(alice, 'orders_api'),
+    (e: unknown) => e instanceof UnavailableError && e.retryAfter === 3,
+  );
+  await assert.rejects(
+    d.token(alice, 'orders_api'),
+    (e: unknown) => e instanceof ClientError && e.code === 'invalid_client',
+  );
+  await assert.rejects(
+    d.token(alice, 'orders_api'),
+    (e: unknown) => e instanceof UnavailableError && e.status === 502,
+  );
   assert.equal(await d.token(alice, 'orders_api'), 'ok');
   assert.equal(net.exchanges(), 5);
   // A network failure is "unavailable".
@@ -172,13 +193,17 @@ test('errors are typed and never cached', async () => {
       throw new TypeError('fetch failed');
     },
   });
-  await assert.rejects(down.token(alice, 'orders_api'), (e: unknown) => e instanceof UnavailableError && e.code === 'network_error');
+  await assert.rejects(
+    down.token(alice, 'orders_api'),
+    (e: unknown) => e instanceof UnavailableError && e.code === 'network_error',
+  );
 });
 
 test('the cache is bounded', async () => {
   const net = fakeNet({});
   const d = delegator(net, { maxCacheEntries: 3 });
-  for (const u of ['u1', 'u2', 'u3', 'u4', 'u5']) await d.token({ ...alice, actor: { ...alice.actor, sub: u } }, 'orders_api');
+  for (const u of ['u1', 'u2', 'u3', 'u4', 'u5'])
+    await d.token({ ...alice, actor: { ...alice.actor, sub: u } }, 'orders_api');
   assert.equal(d.cacheSize, 3);
   // The oldest went first: u5 is cached, u1 is exchanged again.
   await d.token({ ...alice, actor: { ...alice.actor, sub: 'u5' } }, 'orders_api');
@@ -213,7 +238,10 @@ test('fetch adds the token and traceparent only under the audience base URLs', a
   assert.equal(res.status, 200);
   const call = net.sent.at(-1) as Sent;
   assert.equal(call.headers.get('authorization'), 'Bearer tok-1');
-  assert.match(call.headers.get('traceparent') ?? '', /^00-4bf92f3577b34da6a3ce929d0e0e4736-[0-9a-f]{16}-01$/);
+  assert.match(
+    call.headers.get('traceparent') ?? '',
+    /^00-4bf92f3577b34da6a3ce929d0e0e4736-[0-9a-f]{16}-01$/,
+  );
   await d.fetch(alice, 'orders_api', 'https://orders.test/api');
   const before = net.sent.length;
   for (const url of [
@@ -239,16 +267,22 @@ test('redirects: followed under the base URLs, returned unfollowed elsewhere; th
       'https://orders.test/api/b': (r) => Response.json({ auth: r.headers.has('authorization') }),
       'https://orders.test/api/out': () =>
         new Response(null, { status: 307, headers: { location: 'https://attacker.test/steal' } }),
-      'https://orders.test/api/side': () => new Response(null, { status: 301, headers: { location: '/not-api' } }),
-      'https://orders.test/api/loop': () => new Response(null, { status: 302, headers: { location: '/api/loop' } }),
-      'https://orders.test/api/post': () => new Response(null, { status: 303, headers: { location: '/api/b' } }),
+      'https://orders.test/api/side': () =>
+        new Response(null, { status: 301, headers: { location: '/not-api' } }),
+      'https://orders.test/api/loop': () =>
+        new Response(null, { status: 302, headers: { location: '/api/loop' } }),
+      'https://orders.test/api/post': () =>
+        new Response(null, { status: 303, headers: { location: '/api/b' } }),
       'https://attacker.test/steal': () => Response.json({ stolen: true }),
     },
   });
   const d = delegator(net);
   const ok = await d.fetch(alice, 'orders_api', 'https://orders.test/api/a');
   assert.deepEqual(await ok.json(), { auth: true });
-  const out = await d.fetch(alice, 'orders_api', 'https://orders.test/api/out', { method: 'POST', body: 'x' });
+  const out = await d.fetch(alice, 'orders_api', 'https://orders.test/api/out', {
+    method: 'POST',
+    body: 'x',
+  });
   assert.equal(out.status, 307);
   assert.equal(out.headers.get('location'), 'https://attacker.test/steal');
   const side = await d.fetch(alice, 'orders_api', 'https://orders.test/api/side');
@@ -275,7 +309,10 @@ test('a 401 invalid_token from the API drops the token and retries once', async 
       'https://billing.test/balance': (r) => {
         calls++;
         if (r.headers.get('authorization') === 'Bearer tok-1') {
-          return new Response(null, { status: 401, headers: { 'www-authenticate': 'Bearer error="invalid_token"' } });
+          return new Response(null, {
+            status: 401,
+            headers: { 'www-authenticate': 'Bearer error="invalid_token"' },
+          });
         }
         return Response.json({ ok: true });
       },
@@ -290,7 +327,10 @@ test('a 401 invalid_token from the API drops the token and retries once', async 
 
 test('client_secret_post and private_key_jwt', async () => {
   const post = fakeNet({});
-  await delegator(post, { clientAuth: { method: 'client_secret_post', clientSecret: 'pw' } }).token(alice, 'orders_api');
+  await delegator(post, { clientAuth: { method: 'client_secret_post', clientSecret: 'pw' } }).token(
+    alice,
+    'orders_api',
+  );
   const form = new URLSearchParams((post.sent[0] as Sent).body);
   assert.equal(form.get('client_id'), 'mcp');
   assert.equal(form.get('client_secret'), 'pw');
@@ -298,10 +338,16 @@ test('client_secret_post and private_key_jwt', async () => {
 
   const jwt = fakeNet({});
   const authKey = await generateEnvelopeKey({ kid: 'auth-1' });
-  await delegator(jwt, { clientAuth: { method: 'private_key_jwt', key: authKey.privateJwk } }).token(alice, 'orders_api');
+  await delegator(jwt, { clientAuth: { method: 'private_key_jwt', key: authKey.privateJwk } }).token(
+    alice,
+    'orders_api',
+  );
   const f2 = new URLSearchParams((jwt.sent[0] as Sent).body);
   assert.equal(f2.get('client_assertion_type'), 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
-  const [h, p] = (f2.get('client_assertion') ?? '').split('.').slice(0, 2).map((s) => JSON.parse(Buffer.from(s, 'base64url').toString()));
+  const [h, p] = (f2.get('client_assertion') ?? '')
+    .split('.')
+    .slice(0, 2)
+    .map((s) => JSON.parse(Buffer.from(s, 'base64url').toString()));
   assert.deepEqual([h.alg, h.typ, h.kid], ['ES256', 'JWT', 'auth-1']);
   assert.deepEqual([p.iss, p.sub, p.aud], ['mcp', 'mcp', `${ISSUER}/oauth2/token`]);
   assert.ok(p.jti && p.exp > p.iat);
@@ -312,6 +358,9 @@ test('configuration mistakes fail at construction', () => {
   assert.throws(() => delegator(net, { issuer: `${ISSUER}/` }), /slash/);
   assert.throws(() => delegator(net, { clientId: 'other' }), /signer/);
   assert.throws(() => delegator(net, { audiences: { x: { baseUrls: ['ftp://x.test'] } } }), /http/);
-  assert.throws(() => delegator(net, { audiences: { x: { baseUrls: ['https://u:p@x.test'] } } }), /credentials/);
+  assert.throws(
+    () => delegator(net, { audiences: { x: { baseUrls: ['https://u:p@x.test'] } } }),
+    /credentials/,
+  );
   assert.throws(() => delegator(net, { audiences: { x: { baseUrls: [] } } }), /baseUrls/);
 });

@@ -59,11 +59,19 @@ const userClaims = (): JWTPayload => ({
 });
 
 async function sign(claims: JWTPayload, header: Record<string, unknown> = {}, key = es.privateKey) {
-  return new SignJWT(claims).setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid: 'k-es', ...header }).sign(key);
+  return new SignJWT(claims)
+    .setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid: 'k-es', ...header })
+    .sign(key);
 }
 
 function verifier(extra: Partial<VerifierOptions> = {}, net = jwksNet()) {
-  return createVerifier({ issuer: ISSUER, audience: 'orders_api', fetch: net.fetch, now: () => NOW * 1000, ...extra });
+  return createVerifier({
+    issuer: ISSUER,
+    audience: 'orders_api',
+    fetch: net.fetch,
+    now: () => NOW * 1000,
+    ...extra,
+  });
 }
 
 const refused = (code: string, status: number, match?: RegExp) => (e: unknown) => {
@@ -106,13 +114,29 @@ test('service_identity for a user, and a service actor, are told apart', async (
   assert.deepEqual(si.agent, { sub: 'support-agent', clientId: 'mcp-web' });
   assert.deepEqual(si.priorActors, []);
   const svc = await v.verify(
-    await sign({ ...noAct, sub: 'mcp-web', delegation_mode: 'service_identity', actor_type: 'service', actor_sub: 'nightly-sync' }),
+    await sign({
+      ...noAct,
+      sub: 'mcp-web',
+      delegation_mode: 'service_identity',
+      actor_type: 'service',
+      actor_sub: 'nightly-sync',
+    }),
   );
   assert.equal(svc.actorType, 'service');
   assert.equal(svc.user, undefined, 'a service is never a user');
   assert.equal(svc.service, 'nightly-sync');
   // client_credentials: the client itself.
-  const cc = await v.verify(await sign({ iss: ISSUER, sub: 'batch-client', aud: 'orders_api', iat: NOW, exp: NOW + 60, client_id: 'batch-client', scope: 'orders:read' }));
+  const cc = await v.verify(
+    await sign({
+      iss: ISSUER,
+      sub: 'batch-client',
+      aud: 'orders_api',
+      iat: NOW,
+      exp: NOW + 60,
+      client_id: 'batch-client',
+      scope: 'orders:read',
+    }),
+  );
   assert.deepEqual([cc.actorType, cc.service, cc.user], ['service', 'batch-client', undefined]);
 });
 
@@ -135,8 +159,22 @@ test('refusals name the failed check', async () => {
     ['a key in the header', sign(c, { jwk: jwks.keys[0] }), 'invalid_token', /key/],
     ['a jku', sign(c, { jku: 'https://evil.test/jwks' }), 'invalid_token', /key/],
     ['bad signature', sign(c, {}, rogue.privateKey), 'invalid_token', /signature/],
-    ['alg outside the list', new SignJWT(c).setProtectedHeader({ alg: 'ES384', typ: 'at+jwt', kid: 'k-es' }).sign((await generateKeyPair('ES384')).privateKey), 'invalid_token', /algorithm/],
-    ['alg none', Promise.resolve(`${Buffer.from('{"alg":"none","typ":"at+jwt","kid":"k-es"}').toString('base64url')}.${Buffer.from(JSON.stringify(c)).toString('base64url')}.`), 'invalid_token', /./],
+    [
+      'alg outside the list',
+      new SignJWT(c)
+        .setProtectedHeader({ alg: 'ES384', typ: 'at+jwt', kid: 'k-es' })
+        .sign((await generateKeyPair('ES384')).privateKey),
+      'invalid_token',
+      /algorithm/,
+    ],
+    [
+      'alg none',
+      Promise.resolve(
+        `${Buffer.from('{"alg":"none","typ":"at+jwt","kid":"k-es"}').toString('base64url')}.${Buffer.from(JSON.stringify(c)).toString('base64url')}.`,
+      ),
+      'invalid_token',
+      /./,
+    ],
     ['garbage', Promise.resolve('not.a.token'), 'invalid_token', /malformed/],
     ['too large', Promise.resolve('a'.repeat(9000)), 'invalid_token', /large/],
   ];
@@ -148,11 +186,16 @@ test('refusals name the failed check', async () => {
     assert.equal(e.status, 403);
     assert.equal(e.code, 'insufficient_scope');
     assert.equal(e.scope, 'orders:admin');
-    assert.equal(v.challenge(e), 'Bearer error="insufficient_scope", error_description="the token lacks a scope this resource requires", scope="orders:admin"');
+    assert.equal(
+      v.challenge(e),
+      'Bearer error="insufficient_scope", error_description="the token lacks a scope this resource requires", scope="orders:admin"',
+    );
     return true;
   });
   // EdDSA is on the default list.
-  const edTok = await new SignJWT(c).setProtectedHeader({ alg: 'EdDSA', typ: 'application/at+jwt', kid: 'k-ed' }).sign(ed.privateKey);
+  const edTok = await new SignJWT(c)
+    .setProtectedHeader({ alg: 'EdDSA', typ: 'application/at+jwt', kid: 'k-ed' })
+    .sign(ed.privateKey);
   assert.equal((await v.verify(edTok)).user, 'alice');
 });
 
@@ -167,7 +210,15 @@ test('JWKS: fetched once, refetched for an unknown kid at most once per cooldown
   await assert.rejects(v.verify(unknown), refused('invalid_token', 401));
   await assert.rejects(v.verify(unknown), refused('invalid_token', 401));
   assert.ok(net.fetches() <= 2, `fetches: ${net.fetches()}`);
-  const down = verifier({}, { fetch: async () => { throw new TypeError('connect ECONNREFUSED'); }, fetches: () => 0 });
+  const down = verifier(
+    {},
+    {
+      fetch: async () => {
+        throw new TypeError('connect ECONNREFUSED');
+      },
+      fetches: () => 0,
+    },
+  );
   await assert.rejects(down.verify(tok), refused('temporarily_unavailable', 503));
   const broken = verifier({}, { fetch: async () => new Response('oops', { status: 500 }), fetches: () => 0 });
   await assert.rejects(broken.verify(tok), refused('temporarily_unavailable', 503));
@@ -189,7 +240,8 @@ test('introspection: inactive tokens are refused, and its failures are 503', asy
   await assert.rejects(v.verify(tok, { online: true }), refused('invalid_token', 401, /not active/));
   assert.equal((await v.verify(tok)).user, 'alice', 'offline verification does not ask');
   const bad = verifier({
-    fetch: async (input) => (String(input).endsWith('/jwks.json') ? Response.json(jwks) : new Response('no', { status: 401 })),
+    fetch: async (input) =>
+      String(input).endsWith('/jwks.json') ? Response.json(jwks) : new Response('no', { status: 401 }),
     introspection: { clientId: 'orders-api', clientSecret: 'wrong' },
   });
   await assert.rejects(bad.verify(tok, { online: true }), refused('temporarily_unavailable', 503));
@@ -227,17 +279,27 @@ test('express/node middleware answers RFC 6750', async () => {
     const none = await fetch(url);
     assert.equal(none.status, 401);
     assert.equal(none.headers.get('www-authenticate'), 'Bearer realm="orders"');
-    const bad = await fetch(url, { headers: { authorization: `Bearer ${await sign({ ...userClaims(), aud: 'billing_api' })}` } });
+    const bad = await fetch(url, {
+      headers: { authorization: `Bearer ${await sign({ ...userClaims(), aud: 'billing_api' })}` },
+    });
     assert.equal(bad.status, 401);
     assert.equal(
       bad.headers.get('www-authenticate'),
       'Bearer realm="orders", error="invalid_token", error_description="token is for another audience"',
     );
     assert.equal(bad.headers.get('cache-control'), 'no-store');
-    assert.deepEqual(await bad.json(), { error: 'invalid_token', error_description: 'token is for another audience' });
-    const scope = await fetch(url, { headers: { authorization: `Bearer ${await sign({ ...userClaims(), scope: 'orders:write' })}` } });
+    assert.deepEqual(await bad.json(), {
+      error: 'invalid_token',
+      error_description: 'token is for another audience',
+    });
+    const scope = await fetch(url, {
+      headers: { authorization: `Bearer ${await sign({ ...userClaims(), scope: 'orders:write' })}` },
+    });
     assert.equal(scope.status, 403);
-    assert.match(scope.headers.get('www-authenticate') ?? '', /error="insufficient_scope".*scope="orders:read"/);
+    assert.match(
+      scope.headers.get('www-authenticate') ?? '',
+      /error="insufficient_scope".*scope="orders:read"/,
+    );
     const inUrl = await fetch(`${url}?access_token=abc`);
     assert.equal(inUrl.status, 400);
   } finally {
@@ -257,7 +319,9 @@ const tokenVectors = join(repoRoot, 'testdata', 'vectors', 'access_tokens.json')
 
 test(
   'vectors: access tokens as Mandate issues them',
-  { skip: existsSync(tokenVectors) ? false : 'testdata/vectors/access_tokens.json is not on this branch yet' },
+  {
+    skip: existsSync(tokenVectors) ? false : 'testdata/vectors/access_tokens.json is not on this branch yet',
+  },
   async () => {
     const file = JSON.parse(readFileSync(tokenVectors, 'utf8')) as {
       issuer: string;
@@ -278,7 +342,11 @@ test(
     for (const vec of file.vectors) {
       const run = v.verify(vec.token, { scopes: vec.required_scopes ?? [] });
       if (!vec.valid) {
-        await assert.rejects(run, (e: unknown) => e instanceof VerificationError && e.code === vec.error, vec.name);
+        await assert.rejects(
+          run,
+          (e: unknown) => e instanceof VerificationError && e.code === vec.error,
+          vec.name,
+        );
         continue;
       }
       const p = await run;

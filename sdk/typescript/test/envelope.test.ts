@@ -63,22 +63,38 @@ const refusals: [string, (i: EnvelopeInput) => unknown, string][] = [
   ['actor.sub "*"', (i) => ({ ...i, actor: { ...i.actor, sub: '*' } }), 'bad_value'],
   ['no tenant', (i) => ({ ...i, actor: { type: 'user', sub: 'alice' } }), 'missing_member'],
   ['unknown actor type', (i) => ({ ...i, actor: { ...i.actor, type: 'robot' } }), 'bad_value'],
-  ['service actor outside service_identity', (i) => ({ ...i, actor: { ...i.actor, type: 'service' } }), 'bad_value'],
+  [
+    'service actor outside service_identity',
+    (i) => ({ ...i, actor: { ...i.actor, type: 'service' } }),
+    'bad_value',
+  ],
   ['no agent.id', (i) => ({ ...i, agent: {} }), 'missing_member'],
   ['no session.id', (i) => ({ ...i, session: { id: '' } }), 'missing_member'],
   ['no mode', (i) => ({ ...i, delegation: {} }), 'missing_member'],
   ['unknown mode', (i) => ({ ...i, delegation: { mode: 'obo' } }), 'bad_value'],
   ['bad confidence', (i) => ({ ...i, authorization: { scopes: [], confidence: 'sure' } }), 'bad_value'],
   ['scope with a space', (i) => ({ ...i, authorization: { scopes: ['a b'] } }), 'bad_value'],
-  ['empty allowed audience', (i) => ({ ...i, delegation: { mode: 'on_behalf_of', allowed: [''] } }), 'bad_value'],
+  [
+    'empty allowed audience',
+    (i) => ({ ...i, delegation: { mode: 'on_behalf_of', allowed: [''] } }),
+    'bad_value',
+  ],
   ['control character in session.id', (i) => ({ ...i, session: { id: 'a\nb' } }), 'bad_value'],
   ['NUL in actor.sub', (i) => ({ ...i, actor: { ...i.actor, sub: 'a\u0000' } }), 'bad_value'],
   ['act without sub', (i) => ({ ...i, act: { client_id: 'x' } }), 'missing_member'],
   ['jti over 128 characters', (i) => ({ ...i, jti: 'j'.repeat(129) }), 'bad_value'],
   ['exp before iat', (i) => ({ ...i, iat: NOW / 1000, exp: NOW / 1000 - 1 }), 'bad_value'],
-  ['lifetime over the client maximum', (i) => ({ ...i, iat: NOW / 1000, exp: NOW / 1000 + 301 }), 'lifetime_too_long'],
+  [
+    'lifetime over the client maximum',
+    (i) => ({ ...i, iat: NOW / 1000, exp: NOW / 1000 + 301 }),
+    'lifetime_too_long',
+  ],
   ['lifetime over 3600', (i) => ({ ...i, iat: NOW / 1000, exp: NOW / 1000 + 3601 }), 'lifetime_too_long'],
-  ['another iss', (i) => ({ ...i, iss: 'someone-else', agent: { id: 'a', client_id: 'someone-else' } }), 'issuer_mismatch'],
+  [
+    'another iss',
+    (i) => ({ ...i, iss: 'someone-else', agent: { id: 'a', client_id: 'someone-else' } }),
+    'issuer_mismatch',
+  ],
   ['agent.client_id not iss', (i) => ({ ...i, agent: { id: 'a', client_id: 'other' } }), 'client_mismatch'],
   ['aud without the issuer', (i) => ({ ...i, aud: 'https://elsewhere' }), 'audience_mismatch'],
   ['empty aud value', (i) => ({ ...i, aud: [ISSUER, ''] }), 'bad_value'],
@@ -100,21 +116,33 @@ test('the signer refuses what Mandate would refuse, with its reason', async () =
   for (const [name, change, reason] of refusals) {
     await assert.rejects(
       signer.sign(change(base()) as EnvelopeInput),
-      (e: unknown) => e instanceof EnvelopeError && e.reason === reason && e.wireReason === `envelope_${reason}`,
+      (e: unknown) =>
+        e instanceof EnvelopeError && e.reason === reason && e.wireReason === `envelope_${reason}`,
       name,
     );
   }
   // Service actors are fine in service_identity mode.
-  await signer.sign({ ...base(), actor: { type: 'service', sub: 'nightly-sync', tenant: 'acme' }, delegation: { mode: 'service_identity' } });
+  await signer.sign({
+    ...base(),
+    actor: { type: 'service', sub: 'nightly-sync', tenant: 'acme' },
+    delegation: { mode: 'service_identity' },
+  });
 });
 
 test('createSigner refuses keys and algorithms Mandate never accepts', async () => {
   const es = await generateEnvelopeKey();
   const ed = await generateEnvelopeKey({ alg: 'EdDSA' });
-  assert.throws(() => createSigner({ key: es.privateJwk, alg: 'EdDSA', clientId: 'c', issuer: ISSUER }), /does not fit/);
-  assert.throws(() => createSigner({ key: ed.privateJwk, alg: 'ES256', clientId: 'c', issuer: ISSUER }), /does not fit/);
   assert.throws(
-    () => createSigner({ key: es.privateJwk, alg: 'HS256' as EnvelopeAlgorithm, clientId: 'c', issuer: ISSUER }),
+    () => createSigner({ key: es.privateJwk, alg: 'EdDSA', clientId: 'c', issuer: ISSUER }),
+    /does not fit/,
+  );
+  assert.throws(
+    () => createSigner({ key: ed.privateJwk, alg: 'ES256', clientId: 'c', issuer: ISSUER }),
+    /does not fit/,
+  );
+  assert.throws(
+    () =>
+      createSigner({ key: es.privateJwk, alg: 'HS256' as EnvelopeAlgorithm, clientId: 'c', issuer: ISSUER }),
     /not allowed/,
   );
   assert.throws(
@@ -125,7 +153,10 @@ test('createSigner refuses keys and algorithms Mandate never accepts', async () 
   assert.throws(() => createSigner({ key: noKid, clientId: 'c', issuer: ISSUER }), /kid is required/);
   const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey;
   assert.throws(() => createSigner({ key: small, kid: 'k', clientId: 'c', issuer: ISSUER }), /2048/);
-  assert.throws(() => createSigner({ key: es.privateJwk, clientId: 'c', issuer: ISSUER, lifetime: 600 }), /lifetime/);
+  assert.throws(
+    () => createSigner({ key: es.privateJwk, clientId: 'c', issuer: ISSUER, lifetime: 600 }),
+    /lifetime/,
+  );
   // A KeyObject works too.
   const ko = generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey;
   assert.equal(createSigner({ key: ko, kid: 'k', clientId: 'c', issuer: ISSUER }).alg, 'ES384');

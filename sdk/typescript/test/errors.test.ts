@@ -22,7 +22,9 @@ interface ReasonEntry {
 }
 
 test("the SDK's reason table equals testdata/reasons.json", () => {
-  const file = JSON.parse(readFileSync(join(repoRoot, 'testdata', 'reasons.json'), 'utf8')) as { reasons: ReasonEntry[] };
+  const file = JSON.parse(readFileSync(join(repoRoot, 'testdata', 'reasons.json'), 'utf8')) as {
+    reasons: ReasonEntry[];
+  };
   const want: Record<string, string> = {};
   for (const r of file.reasons) if (r.kind !== null) want[r.reason] = r.kind;
   assert.ok(Object.keys(want).length > 40, 'reasons.json lists the reasons');
@@ -31,7 +33,11 @@ test("the SDK's reason table equals testdata/reasons.json", () => {
   for (const r of file.reasons) {
     if (r.kind === null || r.error === null) continue;
     const e = mandateError({ code: r.error, reason: r.reason, status: r.status, audience: 'a' });
-    const cls = { grant_required: GrantRequiredError, client_error: ClientError, unavailable: UnavailableError }[r.kind];
+    const cls = {
+      grant_required: GrantRequiredError,
+      client_error: ClientError,
+      unavailable: UnavailableError,
+    }[r.kind];
     assert.ok(cls && e instanceof cls, `${r.reason} -> ${r.kind}`);
     assert.ok(e instanceof MandateError);
     assert.equal(e.kind, r.kind);

@@ -10,8 +10,8 @@ import { decodeProtectedHeader, type JWK } from 'jose';
 import {
   checkEnvelopeMembers,
   createSigner,
-  type EnvelopeInput,
   EnvelopeError,
+  type EnvelopeInput,
 } from '../src/envelope/index.js';
 import { repoRoot } from './helpers/mandate.js';
 
@@ -72,7 +72,8 @@ test('vectors: the TS signer accepts and refuses as the vectors say', { skip: mi
     } else {
       await assert.rejects(
         attempt,
-        (e: unknown) => e instanceof EnvelopeError && e.reason === vec.reason && e.wireReason === vec.wire_reason,
+        (e: unknown) =>
+          e instanceof EnvelopeError && e.reason === vec.reason && e.wireReason === vec.wire_reason,
         `${vec.name}: want refusal ${vec.reason}`,
       );
     }
@@ -89,15 +90,24 @@ test('vectors: valid envelopes pass the member checks', { skip: missing }, () =>
 
 test(
   'vectors: the Go verifier accepts what the TS signer signs, with every key',
-  { skip: missing || (existsSync(goTool) ? false : 'internal/vectors/cmd/verify-envelope is not on this branch yet') },
+  {
+    skip:
+      missing ||
+      (existsSync(goTool) ? false : 'internal/vectors/cmd/verify-envelope is not on this branch yet'),
+  },
   async () => {
     const v = load();
     const valid = v.vectors.find((x) => x.valid && x.signer === 'accept');
     assert.ok(valid, 'a valid vector to re-sign');
     const lines: string[] = [];
     for (const key of v.private_jwks.keys) {
-      const token = await signerFor(v, key.kid).sign({ ...(valid.claims as unknown as EnvelopeInput), jti: undefined });
-      lines.push(JSON.stringify({ token, jwks: v.jwks, client_id: v.client_id, issuer: v.issuer, now: v.now }));
+      const token = await signerFor(v, key.kid).sign({
+        ...(valid.claims as unknown as EnvelopeInput),
+        jti: undefined,
+      });
+      lines.push(
+        JSON.stringify({ token, jwks: v.jwks, client_id: v.client_id, issuer: v.issuer, now: v.now }),
+      );
     }
     const run = spawnSync('go', ['run', './internal/vectors/cmd/verify-envelope'], {
       cwd: repoRoot,
@@ -106,9 +116,13 @@ test(
       env: { ...process.env, PATH: `${process.env.PATH}:/usr/local/go/bin` },
     });
     assert.equal(run.status, 0, run.stderr);
-    const answers = run.stdout.trim().split('\n').map((l) => JSON.parse(l) as { valid: boolean; reason: string });
+    const answers = run.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { valid: boolean; reason: string });
     assert.equal(answers.length, lines.length);
-    answers.forEach((a, i) => assert.deepEqual(a, { valid: true, reason: a.reason }, `key ${v.private_jwks.keys[i]?.kid}: ${a.reason}`));
-    assert.ok(answers.every((a) => a.valid));
+    for (const [i, a] of answers.entries()) {
+      assert.equal(a.valid, true, `key ${v.private_jwks.keys[i]?.kid}: ${a.reason}`);
+    }
   },
 );

@@ -421,7 +421,11 @@ export function challenge(realm: string | undefined, e: VerificationError): stri
 }
 
 /** Writes the RFC 6750 answer for e on a Node (or express) response, with the verifier's realm. */
-export function writeError(res: ServerResponse, verifier: Pick<Verifier, 'challenge'>, e: VerificationError): void {
+export function writeError(
+  res: ServerResponse,
+  verifier: Pick<Verifier, 'challenge'>,
+  e: VerificationError,
+): void {
   res.statusCode = e.status;
   res.setHeader('cache-control', 'no-store');
   if (e.status === 503) {

@@ -6,7 +6,11 @@ import { exportJWK, generateKeyPair, type JWTPayload, SignJWT } from 'jose';
 
 export interface TestIdP {
   issuer: string;
-  mint(claims: JWTPayload & { sub: string; aud: string }, ttlSeconds?: number, header?: Record<string, unknown>): Promise<string>;
+  mint(
+    claims: JWTPayload & { sub: string; aud: string },
+    ttlSeconds?: number,
+    header?: Record<string, unknown>,
+  ): Promise<string>;
   jwksFetches: () => number;
   close(): Promise<void>;
 }

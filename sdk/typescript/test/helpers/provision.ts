@@ -18,7 +18,12 @@ export async function provision(
   opts: { clientId: string; jwks: { keys: JWK[] }; authMethod?: string; users?: Record<string, string[]> },
 ): Promise<Provisioned> {
   for (const aud of [
-    { id: 'orders_api', name: 'Orders API', scopes: ['orders:read', 'orders:write'], allowed_modes: ['on_behalf_of'] },
+    {
+      id: 'orders_api',
+      name: 'Orders API',
+      scopes: ['orders:read', 'orders:write'],
+      allowed_modes: ['on_behalf_of'],
+    },
     { id: 'billing_api', name: 'Billing API', scopes: ['balance:read'], allowed_modes: ['on_behalf_of'] },
   ]) {
     await m.admin('POST', '/audiences', aud).catch((e: Error) => {
@@ -33,13 +38,12 @@ export async function provision(
     grant_types: ['urn:ietf:params:oauth:grant-type:token-exchange'],
     allowed_tenants: [TENANT],
   });
-  const orders = await m
-    .admin<{ client_secret?: string }>('POST', '/clients', {
-      client_id: `${opts.clientId}-orders-api`,
-      name: 'Orders API (introspection)',
-      token_endpoint_auth_method: 'client_secret_basic',
-      grant_types: ['client_credentials'],
-    });
+  const orders = await m.admin<{ client_secret?: string }>('POST', '/clients', {
+    client_id: `${opts.clientId}-orders-api`,
+    name: 'Orders API (introspection)',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['client_credentials'],
+  });
   const grants: Record<string, string> = {};
   const users = opts.users ?? { alice: ['orders_api', 'billing_api'], bob: ['orders_api'] };
   for (const [user, auds] of Object.entries(users)) {

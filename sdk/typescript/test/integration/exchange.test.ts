@@ -19,7 +19,7 @@ import {
 import {
   ClientError,
   GrantRequiredError,
-  MandateError,
+  type MandateError,
   REASON_KINDS,
   UnavailableError,
 } from '../../src/errors/index.js';
@@ -71,7 +71,11 @@ before(async () => {
   m = await startMandate();
   keys = await generateEnvelopeKey();
   signer = createSigner({ key: keys.privateJwk, clientId: CLIENT, issuer: m.issuer });
-  prov = await provision(m, { clientId: CLIENT, jwks: keys.publicJwks, users: { alice: ['orders_api', 'billing_api'], bob: ['orders_api'], dave: ['orders_api'] } });
+  prov = await provision(m, {
+    clientId: CLIENT,
+    jwks: keys.publicJwks,
+    users: { alice: ['orders_api', 'billing_api'], bob: ['orders_api'], dave: ['orders_api'] },
+  });
 });
 
 after(async () => {
@@ -115,12 +119,18 @@ test('no grant: carol gets a GrantRequiredError that says who and what to ask fo
 test('scopes only narrow', async () => {
   const d = delegator();
   // The audience defines orders:write, but alice's grant does not hold it.
-  await assert.rejects(d.token(who('alice'), 'orders_api', { scopes: ['orders:write'] }), refusal(GrantRequiredError, 'scope_not_allowed'));
+  await assert.rejects(
+    d.token(who('alice'), 'orders_api', { scopes: ['orders:write'] }),
+    refusal(GrantRequiredError, 'scope_not_allowed'),
+  );
   // Without a scope parameter: envelope ∩ grant ∩ audience.
   const all = decodeJwt(await d.token(who('alice'), 'orders_api', { scopes: [] }));
   assert.equal(all.scope, 'orders:read');
   // The user's own token did not grant orders:read: nothing is left.
-  await assert.rejects(d.token(who('alice', ['balance:read']), 'orders_api', { scopes: [] }), refusal(GrantRequiredError, 'no_effective_scope'));
+  await assert.rejects(
+    d.token(who('alice', ['balance:read']), 'orders_api', { scopes: [] }),
+    refusal(GrantRequiredError, 'no_effective_scope'),
+  );
 });
 
 test('revoked grant: no new tokens, and introspection says inactive at once', async () => {
@@ -163,15 +173,24 @@ test('replay: the same envelope is refused the second time for the same audience
 
 test('every kind of refusal is mapped from its reason', async () => {
   await assert.rejects(
-    delegator({ clientAuth: { method: 'client_secret_basic', clientSecret: 'wrong' } }).token(who('alice'), 'orders_api'),
+    delegator({ clientAuth: { method: 'client_secret_basic', clientSecret: 'wrong' } }).token(
+      who('alice'),
+      'orders_api',
+    ),
     refusal(ClientError, 'client_authentication_failed'),
   );
   await assert.rejects(delegator().token(who('alice'), 'nope_api'), refusal(ClientError, 'unknown_audience'));
   const stranger = await generateEnvelopeKey();
   const wrongKey = createSigner({ key: stranger.privateJwk, clientId: CLIENT, issuer: m.issuer });
-  await assert.rejects(delegator({ signer: wrongKey }).token(who('alice'), 'orders_api'), refusal(ClientError, 'envelope_unknown_kid'));
   await assert.rejects(
-    delegator().token({ ...who('alice'), actor: { type: 'user', sub: 'alice', tenant: 'globex' } }, 'orders_api'),
+    delegator({ signer: wrongKey }).token(who('alice'), 'orders_api'),
+    refusal(ClientError, 'envelope_unknown_kid'),
+  );
+  await assert.rejects(
+    delegator().token(
+      { ...who('alice'), actor: { type: 'user', sub: 'alice', tenant: 'globex' } },
+      'orders_api',
+    ),
     refusal(ClientError, 'tenant_not_allowed'),
   );
   await assert.rejects(
@@ -186,9 +205,11 @@ test('every kind of refusal is mapped from its reason', async () => {
   );
   // Every reason seen in this file is one the server documents.
   const documented = new Set(
-    (JSON.parse(readFileSync(join(repoRoot, 'testdata', 'reasons.json'), 'utf8')) as { reasons: { reason: string }[] }).reasons.map(
-      (r) => r.reason,
-    ),
+    (
+      JSON.parse(readFileSync(join(repoRoot, 'testdata', 'reasons.json'), 'utf8')) as {
+        reasons: { reason: string }[];
+      }
+    ).reasons.map((r) => r.reason),
   );
   for (const r of seenReasons) assert.ok(documented.has(r), r);
 });
@@ -197,7 +218,11 @@ test('Mandate (the Go verifier) accepts envelopes signed with every allowed algo
   const algs: EnvelopeAlgorithm[] = ['ES256', 'ES384', 'EdDSA', 'PS256', 'RS256'];
   const pairs = await Promise.all(algs.map((alg) => generateEnvelopeKey({ alg })));
   const client = 'ts-mcp-algs';
-  const p = await provision(m, { clientId: client, jwks: { keys: pairs.flatMap((k) => k.publicJwks.keys as JWK[]) }, users: { alice: ['orders_api'] } });
+  const p = await provision(m, {
+    clientId: client,
+    jwks: { keys: pairs.flatMap((k) => k.publicJwks.keys as JWK[]) },
+    users: { alice: ['orders_api'] },
+  });
   for (const [i, pair] of pairs.entries()) {
     const s = createSigner({ key: pair.privateJwk, clientId: client, issuer: m.issuer });
     const d = new Delegator({
@@ -207,13 +232,21 @@ test('Mandate (the Go verifier) accepts envelopes signed with every allowed algo
       signer: s,
       audiences: { orders_api: { baseUrls: ['http://127.0.0.1:1/'], scopes: ['orders:read'] } },
     });
-    const tok = await d.token({ ...who('alice'), agent: { ...who('alice').agent, client_id: client } }, 'orders_api');
+    const tok = await d.token(
+      { ...who('alice'), agent: { ...who('alice').agent, client_id: client } },
+      'orders_api',
+    );
     assert.equal(decodeJwt(tok).sub, 'alice', algs[i]);
   }
 });
 
 test('client_secret_post and private_key_jwt against Mandate', async () => {
-  const post = await provision(m, { clientId: 'ts-mcp-post', jwks: keys.publicJwks, authMethod: 'client_secret_post', users: { alice: ['orders_api'] } });
+  const post = await provision(m, {
+    clientId: 'ts-mcp-post',
+    jwks: keys.publicJwks,
+    authMethod: 'client_secret_post',
+    users: { alice: ['orders_api'] },
+  });
   const sPost = createSigner({ key: keys.privateJwk, clientId: 'ts-mcp-post', issuer: m.issuer });
   const d1 = new Delegator({
     issuer: m.issuer,
@@ -246,7 +279,8 @@ test('a token for one audience is refused by another', async () => {
   const orders = createVerifier({ issuer: m.issuer, audience: 'orders_api' });
   await assert.rejects(
     orders.verify(billingToken),
-    (e: unknown) => e instanceof VerificationError && e.code === 'invalid_token' && /another audience/.test(e.description),
+    (e: unknown) =>
+      e instanceof VerificationError && e.code === 'invalid_token' && /another audience/.test(e.description),
   );
 });
 
@@ -280,7 +314,11 @@ test('end to end: delegator.fetch to a downstream API on the verifier; revocatio
     }),
   );
   try {
-    const extra = await provision(m, { clientId: 'ts-mcp-e2e', jwks: keys.publicJwks, users: { erin: ['orders_api'] } });
+    const extra = await provision(m, {
+      clientId: 'ts-mcp-e2e',
+      jwks: keys.publicJwks,
+      users: { erin: ['orders_api'] },
+    });
     const d = new Delegator({
       issuer: m.issuer,
       clientId: 'ts-mcp-e2e',
@@ -297,7 +335,10 @@ test('end to end: delegator.fetch to a downstream API on the verifier; revocatio
     assert.match(first.traceparent, /^00-4bf92f3577b34da6a3ce929d0e0e4736-/);
     await m.admin('POST', `/grants/${extra.grants.erin}/revoke`, { reason: 'test' });
     // The cached token is refused online; the delegator retries once, and Mandate says why.
-    await assert.rejects(d.fetch(erin, 'orders_api', `${api.url}/orders/E-1`), refusal(GrantRequiredError, 'no_active_grant'));
+    await assert.rejects(
+      d.fetch(erin, 'orders_api', `${api.url}/orders/E-1`),
+      refusal(GrantRequiredError, 'no_active_grant'),
+    );
   } finally {
     api.server.close();
   }

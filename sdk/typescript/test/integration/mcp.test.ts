@@ -2,7 +2,7 @@
 // real Mandate and a downstream API: the identity tools see, the token they must never see, and
 // sessions bound to their users.
 import assert from 'node:assert/strict';
-import { request as httpRequest, createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer, request as httpRequest, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -93,7 +93,11 @@ function buildServer(): McpServer {
     'get_order_status',
     { description: "Status of one of the current user's orders.", inputSchema: { order_id: z.string() } },
     withIdentity(async (id, { order_id }, _extra) => {
-      const res = await delegator.fetch(id, 'orders_api', `${orders.url}/orders/${encodeURIComponent(order_id)}`);
+      const res = await delegator.fetch(
+        id,
+        'orders_api',
+        `${orders.url}/orders/${encodeURIComponent(order_id)}`,
+      );
       return { content: [{ type: 'text', text: await res.text() }] };
     }),
   );
@@ -121,7 +125,9 @@ async function statefulApp(audience: (url: string) => string): Promise<{ url: st
     let transport = typeof sid === 'string' ? transports.get(sid) : undefined;
     if (!transport) {
       if (sid !== undefined || !isInitializeRequest(req.body)) {
-        res.status(404).json({ jsonrpc: '2.0', error: { code: -32001, message: 'Session not found' }, id: null });
+        res
+          .status(404)
+          .json({ jsonrpc: '2.0', error: { code: -32001, message: 'Session not found' }, id: null });
         return;
       }
       const t: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
@@ -140,7 +146,12 @@ async function statefulApp(audience: (url: string) => string): Promise<{ url: st
     await transport.handleRequest(req, res, req.body);
   });
   const url = await listen(app);
-  boundary = createBoundary({ issuer: idp.issuer, audience: audience(url), clientId: CLIENT, agentId: AGENT });
+  boundary = createBoundary({
+    issuer: idp.issuer,
+    audience: audience(url),
+    clientId: CLIENT,
+    agentId: AGENT,
+  });
   return { url, boundary };
 }
 
@@ -164,7 +175,13 @@ async function statelessApp(): Promise<string> {
     await t.handleRequest(req, res, req.body);
   });
   const url = await listen(app);
-  boundary = createBoundary({ issuer: idp.issuer, audience: url, clientId: CLIENT, agentId: AGENT, bindSessions: false });
+  boundary = createBoundary({
+    issuer: idp.issuer,
+    audience: url,
+    clientId: CLIENT,
+    agentId: AGENT,
+    bindSessions: false,
+  });
   return url;
 }
 
@@ -188,7 +205,10 @@ before(async () => {
   const prov = await provision(m, { clientId: CLIENT, jwks: keys.publicJwks });
   const calls: { authorization: string; traceparent: string }[] = [];
   const server = createServer((req: IncomingMessage, res) => {
-    calls.push({ authorization: req.headers.authorization ?? '', traceparent: String(req.headers.traceparent ?? '') });
+    calls.push({
+      authorization: req.headers.authorization ?? '',
+      traceparent: String(req.headers.traceparent ?? ''),
+    });
     const claims = decodeJwt((req.headers.authorization ?? '').replace(/^Bearer /, ''));
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify({ order_id: req.url?.split('/').pop(), status: 'shipped', user: claims.sub }));
@@ -210,7 +230,8 @@ after(async () => {
   await Promise.all([m?.stop(), idp?.close()]);
 });
 
-const user = (sub: string, aud: string) => idp.mint({ sub, aud, tenant: TENANT, scope: 'orders:read balance:read' });
+const user = (sub: string, aud: string) =>
+  idp.mint({ sub, aud, tenant: TENANT, scope: 'orders:read balance:read' });
 
 function assertNoToken(token: string, seen: unknown) {
   const signature = token.split('.')[2] as string;
@@ -218,7 +239,10 @@ function assertNoToken(token: string, seen: unknown) {
   assert.ok(strings.length > 20, 'the walk saw the request');
   const leaks = strings.filter((s) => s.includes(signature) || s.includes(token));
   assert.deepEqual(leaks, [], 'the user token is reachable from a tool');
-  assert.ok(!strings.some((s) => s.toLowerCase() === 'authorization'), 'an Authorization header is reachable from a tool');
+  assert.ok(
+    !strings.some((s) => s.toLowerCase() === 'authorization'),
+    'an Authorization header is reachable from a tool',
+  );
 }
 
 test('stateful: tools get the identity and never the token; the session belongs to its user', async () => {
@@ -247,7 +271,13 @@ test('stateful: tools get the identity and never the token; the session belongs 
     // A trace in the request's _meta wins over the HTTP header's.
     const metaTrace = '11111111111111111111111111111111';
     const viaMeta = JSON.parse(
-      text(await client.callTool({ name: 'probe', arguments: {}, _meta: { traceparent: `00-${metaTrace}-2222222222222222-00` } })),
+      text(
+        await client.callTool({
+          name: 'probe',
+          arguments: {},
+          _meta: { traceparent: `00-${metaTrace}-2222222222222222-00` },
+        }),
+      ),
     ) as Probe;
     assert.equal(viaMeta.identity.session.trace_id, metaTrace);
     assert.equal(viaMeta.identity.traceFlags, '00');
@@ -263,13 +293,23 @@ test('stateful: tools get the identity and never the token; the session belongs 
         accept: 'application/json, text/event-stream',
         'mcp-protocol-version': '2025-06-18',
       },
-      body: JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'tools/call', params: { name: 'probe', arguments: {} } }),
+      body: JSON.stringify({
+        jsonrpc: '2.0',
+        id: 9,
+        method: 'tools/call',
+        params: { name: 'probe', arguments: {} },
+      }),
     });
     assert.equal(hijack.status, 404);
     // A session id the boundary never bound is "not found" too.
     const unknown = await fetch(url, {
       method: 'POST',
-      headers: { authorization: `Bearer ${token}`, 'mcp-session-id': 'made-up', 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+      headers: {
+        authorization: `Bearer ${token}`,
+        'mcp-session-id': 'made-up',
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+      },
       body: JSON.stringify({ jsonrpc: '2.0', id: 10, method: 'tools/list' }),
     });
     assert.equal(unknown.status, 404);
@@ -286,7 +326,11 @@ test('stateless: the same guarantees without sessions', async () => {
     extras.length = 0;
     const probe = JSON.parse(text(await client.callTool({ name: 'probe', arguments: {} }))) as Probe;
     assert.equal(probe.identity.actor.sub, 'alice');
-    assert.match(probe.identity.session.trace_id ?? '', /^[0-9a-f]{32}$/, 'a trace id is minted when none came in');
+    assert.match(
+      probe.identity.session.trace_id ?? '',
+      /^[0-9a-f]{32}$/,
+      'a trace id is minted when none came in',
+    );
     assert.equal(extras.length, 1);
     assertNoToken(token, extras[0]);
   } finally {
@@ -296,7 +340,9 @@ test('stateless: the same guarantees without sessions', async () => {
 
 test('tools call the downstream API through the delegator; refusals are tool errors that say why', async () => {
   const { url } = await statefulApp((u) => u);
-  const alice = await connect(url, await user('alice', url), { traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' });
+  const alice = await connect(url, await user('alice', url), {
+    traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+  });
   const carol = await connect(url, await user('carol', url));
   try {
     const ok = await alice.client.callTool({ name: 'get_order_status', arguments: { order_id: 'A-1001' } });
@@ -309,7 +355,10 @@ test('tools call the downstream API through the delegator; refusals are tool err
     assert.deepEqual(claims.act, { sub: AGENT, client_id: CLIENT });
     assert.equal(claims.trace_id, '0af7651916cd43dd8448eb211c80319c');
     assert.match(call.traceparent, /^00-0af7651916cd43dd8448eb211c80319c-[0-9a-f]{16}-01$/);
-    const denied = await carol.client.callTool({ name: 'get_order_status', arguments: { order_id: 'C-3001' } });
+    const denied = await carol.client.callTool({
+      name: 'get_order_status',
+      arguments: { order_id: 'C-3001' },
+    });
     assert.equal(denied.isError, true);
     assert.match(text(denied), /Mandate refused a token for orders_api: no_active_grant/);
   } finally {
@@ -318,7 +367,10 @@ test('tools call the downstream API through the delegator; refusals are tool err
   }
 });
 
-function rawPost(url: string, headers: Record<string, string | string[]>): Promise<{ status: number; challenge: string }> {
+function rawPost(
+  url: string,
+  headers: Record<string, string | string[]>,
+): Promise<{ status: number; challenge: string }> {
   return new Promise((ok, fail) => {
     const req = httpRequest(url, { method: 'POST', headers }, (res) => {
       res.resume();
@@ -340,12 +392,21 @@ test('the boundary refuses what it must', async () => {
   assert.equal(twice.status, 400);
   const inUrl = await rawPost(`${url}?access_token=${token}`, json);
   assert.equal(inUrl.status, 400);
-  const elsewhere = await rawPost(url, { ...json, authorization: `Bearer ${await user('alice', 'https://other-mcp.test/mcp')}` });
+  const elsewhere = await rawPost(url, {
+    ...json,
+    authorization: `Bearer ${await user('alice', 'https://other-mcp.test/mcp')}`,
+  });
   assert.equal(elsewhere.status, 401);
   assert.match(elsewhere.challenge, /invalid_token/);
-  const noTenant = await rawPost(url, { ...json, authorization: `Bearer ${await idp.mint({ sub: 'alice', aud: url })}` });
+  const noTenant = await rawPost(url, {
+    ...json,
+    authorization: `Bearer ${await idp.mint({ sub: 'alice', aud: url })}`,
+  });
   assert.equal(noTenant.status, 401);
-  const expired = await rawPost(url, { ...json, authorization: `Bearer ${await idp.mint({ sub: 'alice', aud: url, tenant: TENANT }, -120)}` });
+  const expired = await rawPost(url, {
+    ...json,
+    authorization: `Bearer ${await idp.mint({ sub: 'alice', aud: url, tenant: TENANT }, -120)}`,
+  });
   assert.equal(expired.status, 401);
   // The token was good: the same request with it alone is let through to the MCP handler.
   const good = await rawPost(url, { ...json, authorization: `Bearer ${token}` });
