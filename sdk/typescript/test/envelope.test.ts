@@ -117,7 +117,9 @@ test('the signer refuses what Mandate would refuse, with its reason', async () =
     await assert.rejects(
       signer.sign(change(base()) as EnvelopeInput),
       (e: unknown) =>
-        e instanceof EnvelopeError && e.reason === reason && e.wireReason === `envelope_${reason}`,
+        e instanceof EnvelopeError &&
+        e.reason === reason &&
+        e.wireReason === (reason === 'too_large' ? 'subject_token_too_large' : `envelope_${reason}`),
       name,
     );
   }

@@ -157,7 +157,7 @@ export type EnvelopeReason =
 
 /**
  * The signer refused an envelope, for the reason Mandate would give. `wireReason` is the `reason`
- * the token endpoint would answer (`envelope_` + reason).
+ * the token endpoint would answer (`envelope_` + reason, but `subject_token_too_large`).
  */
 export class EnvelopeError extends Error {
   /** The stable code, e.g. `missing_member`. */
@@ -167,9 +167,12 @@ export class EnvelopeError extends Error {
     this.name = 'EnvelopeError';
     this.reason = reason;
   }
-  /** The token endpoint's `reason` for the same refusal. */
+  /**
+   * The token endpoint's `reason` for the same refusal. An oversized envelope is refused as a
+   * parameter before it is parsed as an envelope: `subject_token_too_large`.
+   */
   get wireReason(): string {
-    return `envelope_${this.reason}`;
+    return this.reason === 'too_large' ? 'subject_token_too_large' : `envelope_${this.reason}`;
   }
 }
 

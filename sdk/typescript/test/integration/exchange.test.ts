@@ -290,14 +290,9 @@ async function serve(handler: Parameters<typeof createServer>[1]): Promise<{ url
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
 }
 
-test('end to end: delegator.fetch to a downstream API on the verifier; revocation seen online', async (t) => {
+test('end to end: delegator.fetch to a downstream API on the verifier; revocation seen online', async () => {
   const probe = decodeJwt(await delegator().token(who('alice'), 'orders_api'));
-  if (probe.actor_type === undefined) {
-    // The contract requires actor_type (SPEC §5); a verifier fails closed without it. This
-    // Mandate does not issue it yet, so the principal cannot be checked here.
-    t.skip('this Mandate issues no actor_type yet (SPEC §5): skipped, not passed');
-    return;
-  }
+  assert.equal(probe.actor_type, 'user', 'Mandate says the actor is a user (SPEC §5)');
   const orders = createVerifier({
     issuer: m.issuer,
     audience: 'orders_api',
@@ -342,4 +337,47 @@ test('end to end: delegator.fetch to a downstream API on the verifier; revocatio
   } finally {
     api.server.close();
   }
+});
+
+test('a service actor: exchanged without a grant, never presented as a user downstream', async () => {
+  const client = 'ts-mcp-service';
+  const created = await m.admin<{ client_secret: string }>('POST', '/clients', {
+    client_id: client,
+    name: 'TypeScript nightly sync',
+    jwks: keys.publicJwks,
+    grant_types: ['urn:ietf:params:oauth:grant-type:token-exchange'],
+    allowed_tenants: [TENANT],
+    allowed_audiences: ['billing_api'],
+    allowed_scopes: ['balance:read'],
+    service_actors: ['nightly-sync'],
+  });
+  await m.admin('PATCH', '/audiences/billing_api', { allowed_modes: ['on_behalf_of', 'service_identity'] });
+  const d = new Delegator({
+    issuer: m.issuer,
+    clientId: client,
+    clientAuth: { method: 'client_secret_basic', clientSecret: created.client_secret },
+    signer: createSigner({ key: keys.privateJwk, clientId: client, issuer: m.issuer }),
+    audiences: { billing_api: { baseUrls: ['http://127.0.0.1:1/'], scopes: ['balance:read'] } },
+  });
+  const service: Identity = {
+    actor: { type: 'service', sub: 'nightly-sync', tenant: TENANT },
+    agent: { type: 'mcp_agent', id: 'sync-agent', client_id: client },
+    session: { id: 'batch-1' },
+    scopes: ['balance:read'],
+    mode: 'service_identity',
+  };
+  const tok = await d.token(service, 'billing_api');
+  const p = await createVerifier({ issuer: m.issuer, audience: 'billing_api' }).verify(tok, {
+    scopes: ['balance:read'],
+  });
+  assert.equal(p.actorType, 'service');
+  assert.equal(p.service, 'nightly-sync');
+  assert.equal(p.user, undefined);
+  assert.equal(p.mode, 'service_identity');
+  assert.equal(p.tenant, TENANT);
+  // A service the client may not present is refused by Mandate, and mapped.
+  await assert.rejects(
+    d.token({ ...service, actor: { ...service.actor, sub: 'other-service' } }, 'billing_api'),
+    refusal(ClientError, 'service_actor_not_allowed'),
+  );
 });
