@@ -78,7 +78,8 @@ export async function startMCP(cfg: MCPConfig): Promise<{ url: string; server: S
     }
     await transport.handleRequest(req, res, req.body);
   });
-  app.delete('/mcp', ...boundary.middleware, async (req, res) => {
+  // GET opens the session's server-to-client stream, DELETE ends the session: both for its owner only.
+  const existing: express.RequestHandler = async (req, res) => {
     const sid = req.headers['mcp-session-id'];
     const t = typeof sid === 'string' ? sessions.get(sid) : undefined;
     if (!t) {
@@ -86,6 +87,8 @@ export async function startMCP(cfg: MCPConfig): Promise<{ url: string; server: S
       return;
     }
     await t.handleRequest(req, res);
-  });
+  };
+  app.get('/mcp', ...boundary.middleware, existing);
+  app.delete('/mcp', ...boundary.middleware, existing);
   return { url, server: http };
 }

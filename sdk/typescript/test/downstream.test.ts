@@ -224,6 +224,18 @@ test('JWKS: fetched once, refetched for an unknown kid at most once per cooldown
   await assert.rejects(broken.verify(tok), refused('temporarily_unavailable', 503));
 });
 
+test('JWKS rotation: a new kid is picked up once the cooldown allows a refetch', async () => {
+  const next = await generateKeyPair('ES256');
+  const doc = { keys: [...jwks.keys] };
+  const net = jwksNet(doc);
+  const v = verifier({ jwksCooldown: 0 }, net);
+  await v.verify(await sign(userClaims()));
+  doc.keys.push({ ...(await exportJWK(next.publicKey)), kid: 'k-next', alg: 'ES256', use: 'sig' });
+  const p = await v.verify(await sign(userClaims(), { kid: 'k-next' }, next.privateKey));
+  assert.equal(p.user, 'alice');
+  assert.equal(net.fetches(), 2);
+});
+
 test('introspection: inactive tokens are refused, and its failures are 503', async () => {
   let active = true;
   let auth = '';
