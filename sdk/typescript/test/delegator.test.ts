@@ -364,3 +364,52 @@ test('configuration mistakes fail at construction', () => {
   );
   assert.throws(() => delegator(net, { audiences: { x: { baseUrls: [] } } }), /baseUrls/);
 });
+
+test('real sockets: a redirect to another host is not followed and that host gets nothing', async () => {
+  const { createServer } = await import('node:http');
+  const hits: { host: string; authorization?: string; traceparent?: string }[] = [];
+  const other = createServer((req, res) => {
+    hits.push({
+      host: 'other',
+      authorization: req.headers.authorization,
+      traceparent: String(req.headers.traceparent),
+    });
+    res.end('stolen');
+  });
+  await new Promise<void>((ok) => other.listen(0, '127.0.0.1', ok));
+  const otherUrl = `http://127.0.0.1:${(other.address() as { port: number }).port}`;
+  const api = createServer((req, res) => {
+    hits.push({ host: 'api', authorization: req.headers.authorization });
+    if (req.url === '/api/away') {
+      res.writeHead(302, { location: `${otherUrl}/collect` });
+      res.end();
+      return;
+    }
+    res.end('ok');
+  });
+  await new Promise<void>((ok) => api.listen(0, '127.0.0.1', ok));
+  const apiUrl = `http://127.0.0.1:${(api.address() as { port: number }).port}`;
+  try {
+    const net: typeof fetch = async (input, init) =>
+      String(input) === `${ISSUER}/oauth2/token`
+        ? Response.json({ access_token: 'secret-token', token_type: 'Bearer', expires_in: 300 })
+        : fetch(input, init);
+    const d = new Delegator({
+      issuer: ISSUER,
+      clientId: 'mcp',
+      clientAuth: { method: 'client_secret_basic', clientSecret: 'x' },
+      signer,
+      audiences: { orders_api: { baseUrls: [`${apiUrl}/api`] } },
+      fetch: net,
+    });
+    const res = await d.fetch(alice, 'orders_api', `${apiUrl}/api/away`);
+    assert.equal(res.status, 302);
+    assert.equal(res.headers.get('location'), `${otherUrl}/collect`);
+    assert.deepEqual(hits, [{ host: 'api', authorization: 'Bearer secret-token' }]);
+    await assert.rejects(d.fetch(alice, 'orders_api', `${otherUrl}/collect`), RefusedURLError);
+    assert.equal(hits.length, 1);
+  } finally {
+    api.close();
+    other.close();
+  }
+});
