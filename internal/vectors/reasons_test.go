@@ -4,6 +4,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -65,4 +66,25 @@ func reasonConsts(t *testing.T, file string) []string {
 		t.Fatalf("%s defines no reason constants", file)
 	}
 	return out
+}
+
+// TestReasonsDocIsCurrent: docs/reasons.md is generated from the catalogue; a change to one
+// without the other fails here (go run ./internal/vectors/cmd/gen-docs).
+func TestReasonsDocIsCurrent(t *testing.T) {
+	f, err := Reasons()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range f.Reasons {
+		if r.Error != nil && (r.Kind == nil || f.Kinds[*r.Kind] == "" || r.Fix == nil) {
+			t.Errorf("%s: an error reason needs a known kind and a fix", r.Reason)
+		}
+	}
+	got, err := os.ReadFile(ReasonsDocPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(RenderReasonsDoc(f)) {
+		t.Error("docs/reasons.md is stale: run go run ./internal/vectors/cmd/gen-docs")
+	}
 }

@@ -136,12 +136,7 @@ func envelopeCases() []envCase {
 			}},
 		{name: "alg-hs256-public-key", description: "HS256 keyed with the registered public key (algorithm confusion) is refused.",
 			reason: "alg_not_allowed", signer: vectors.SignerNA, raw: func(k, _ key, c map[string]any) string {
-				pub, _ := json.Marshal(publicJWK(k))
-				h := map[string]any{"alg": "HS256", "typ": "eie+jwt", "kid": k.kid}
-				input := segment(h) + "." + segment(c)
-				m := hmac.New(sha256.New, pub)
-				m.Write([]byte(input))
-				return input + "." + b64(m.Sum(nil))
+				return hmacWithPublicKey(k, "eie+jwt", c)
 			}},
 		{name: "alg-key-mismatch", description: "The header's alg must be the registered key's alg: ES384 named with the ES256 key.",
 			reason: "alg_not_allowed", signer: vectors.SignerNA, header: func(h map[string]any) { h["alg"] = "ES384" }},
@@ -349,13 +344,7 @@ func accessTokenCases() []atCase {
 			return compact(map[string]any{"alg": "none", "typ": "at+jwt", "kid": k.kid}, c, []byte("x"))
 		}},
 		{name: "alg-hs256-public-key", description: "HS256 keyed with Mandate's public key.", err: "invalid_token",
-			raw: func(k, _ key, c map[string]any) string {
-				pub, _ := json.Marshal(publicJWK(k))
-				input := segment(map[string]any{"alg": "HS256", "typ": "at+jwt", "kid": k.kid}) + "." + segment(c)
-				m := hmac.New(sha256.New, pub)
-				m.Write([]byte(input))
-				return input + "." + b64(m.Sum(nil))
-			}},
+			raw: func(k, _ key, c map[string]any) string { return hmacWithPublicKey(k, "at+jwt", c) }},
 		{name: "jwk-in-header", description: "An attacker's key in the header, under Mandate's kid.", err: "invalid_token",
 			raw: func(k, a key, c map[string]any) string {
 				return signCompact(a, map[string]any{"alg": "ES256", "typ": "at+jwt", "kid": k.kid, "jwk": publicJWK(a)}, c)
@@ -459,6 +448,16 @@ func segment(v any) string {
 		log.Fatal(err)
 	}
 	return b64(bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+}
+
+// hmacWithPublicKey is the classic algorithm-confusion forgery: HS256 keyed with the bytes of
+// the victim's public JWK, which a verifier that takes alg from the header would accept.
+func hmacWithPublicKey(k key, typ string, c map[string]any) string {
+	pub, _ := json.Marshal(publicJWK(k))
+	input := segment(map[string]any{"alg": "HS256", "typ": typ, "kid": k.kid}) + "." + segment(c)
+	m := hmac.New(sha256.New, pub)
+	m.Write([]byte(input))
+	return input + "." + b64(m.Sum(nil))
 }
 
 func compact(h, c map[string]any, sig []byte) string {
