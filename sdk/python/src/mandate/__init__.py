@@ -1,0 +1,1 @@
+"""Mandate SDK for Python."""
