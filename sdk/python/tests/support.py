@@ -122,7 +122,9 @@ def run_mandate(workdir: Path) -> Iterator[Mandate]:
     }
     log_path = workdir / "mandate.log"
     with log_path.open("wb") as logf:
-        proc = subprocess.Popen([str(binary), "--database", str(workdir / "m.db")], env=env, stdout=logf, stderr=logf)
+        proc = subprocess.Popen(
+            [str(binary), "--database", str(workdir / "m.db")], env=env, stdout=logf, stderr=logf
+        )
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -235,7 +237,9 @@ class IdP:
 
         return Starlette(routes=[Route("/.well-known/jwks.json", jwks)])
 
-    def mint(self, sub: str, tenant: str, audience: str, scopes: str = "", ttl: int = 900, **extra: Any) -> str:
+    def mint(
+        self, sub: str, tenant: str, audience: str, scopes: str = "", ttl: int = 900, **extra: Any
+    ) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -252,7 +256,9 @@ class IdP:
         return sign_jws(self.key, {"alg": "ES256", "typ": "at+jwt", "kid": self.key.kid}, claims)
 
 
-def find_secret(obj: Any, secret: str, path: str = "", seen: set[int] | None = None, depth: int = 0) -> list[str]:
+def find_secret(
+    obj: Any, secret: str, path: str = "", seen: set[int] | None = None, depth: int = 0
+) -> list[str]:
     """Every place under obj (mappings, sequences, attributes, bytes) that holds secret."""
     seen = seen if seen is not None else set()
     if depth > 8 or id(obj) in seen:

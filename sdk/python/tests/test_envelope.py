@@ -59,7 +59,8 @@ def test_signs_and_verifies_with_every_alg(alg: str) -> None:
     jws = _jose.split_compact(token, 8192)
     assert _jose.verify(alg, pub, jws.signing_input, jws.signature)  # type: ignore[arg-type]
     assert not _jose.verify(alg, pub, jws.signing_input + b"x", jws.signature)  # type: ignore[arg-type]
-    assert "d" not in key.public_jwk() and key.public_jwk()["use"] == "sig"
+    assert "d" not in key.public_jwk()
+    assert key.public_jwk()["use"] == "sig"
     assert claims["agent"] == {"type": "mcp_agent", "id": "support-agent", "client_id": "mcp-1"}
 
 
@@ -69,7 +70,8 @@ def test_defaults(signer: Signer) -> None:
     assert len(c["jti"]) == 22
     assert c["aud"] == "https://mandate.test"
     assert c["authorization"] == {"scopes": ["orders:read"], "confidence": "verified"}
-    assert "nbf" not in c and "act" not in c
+    assert "nbf" not in c
+    assert "act" not in c
     _, c2 = decode(signer.sign(base()))
     assert c2["jti"] != c["jti"]
 
@@ -116,7 +118,9 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("name", "changes", "reason"), REFUSALS, ids=[r[0] for r in REFUSALS])
-def test_refuses_what_mandate_refuses(signer: Signer, name: str, changes: dict[str, Any], reason: str) -> None:
+def test_refuses_what_mandate_refuses(
+    signer: Signer, name: str, changes: dict[str, Any], reason: str
+) -> None:
     with pytest.raises(EnvelopeError) as e:
         signer.sign(base(**changes))
     assert e.value.reason == reason
@@ -124,7 +128,9 @@ def test_refuses_what_mandate_refuses(signer: Signer, name: str, changes: dict[s
 
 
 def test_service_actor_in_service_identity_is_signed(signer: Signer) -> None:
-    signer.sign(base(actor=Actor("service", "billing-sync", "acme"), delegation=Delegation("service_identity")))
+    signer.sign(
+        base(actor=Actor("service", "billing-sync", "acme"), delegation=Delegation("service_identity"))
+    )
 
 
 def test_too_large(signer: Signer) -> None:
@@ -143,9 +149,11 @@ def test_from_dict_is_strict() -> None:
 
 def test_keys() -> None:
     k = SigningKey.generate("EdDSA", "ed-1")
-    assert "ed-1" in repr(k) and k.private_jwk()["d"] not in repr(k)
+    assert "ed-1" in repr(k)
+    assert k.private_jwk()["d"] not in repr(k)
     again = SigningKey.from_jwk(k.private_jwk())
-    assert again.kid == "ed-1" and again.alg == "EdDSA"
+    assert again.kid == "ed-1"
+    assert again.alg == "EdDSA"
     with pytest.raises(ValueError, match="no private key"):
         SigningKey.from_jwk(k.public_jwk())
     with pytest.raises(ValueError, match="not allowed"):

@@ -2,12 +2,13 @@
 audience (RFC 8693), caches it until shortly before it expires, and attaches it (with
 the W3C ``traceparent``) to HTTP calls — only to that audience's own base URLs.
 
-``Delegator`` is the synchronous client, ``AsyncDelegator`` its asyncio/anyio twin; both
+``Delegator`` is the synchronous client, ``AsyncDelegator`` its asyncio twin; both
 share the rules below and differ only in how they wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
 import json
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import quote_plus, unquote
 
-import anyio
 import httpx
 
 from .envelope import (
@@ -232,6 +232,13 @@ class _Core:
                 act=identity.act,
             )
         )
+        return self.form(envelope, audience, scopes)
+
+    def form(
+        self, envelope: str, audience: str, scopes: Sequence[str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The form and headers that exchange envelope (with a fresh assertion)."""
+        now = int(self.clock())
         form = {
             "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
             "subject_token": envelope,
@@ -271,7 +278,7 @@ class _Core:
         return form, headers
 
     def answer(
-        self, identity: Identity, audience: str, status: int, headers: httpx.Headers, body: bytes
+        self, identity: Identity | None, audience: str, status: int, headers: httpx.Headers, body: bytes
     ) -> Token:
         now = self.clock()
         try:
@@ -291,8 +298,8 @@ class _Core:
                 audience=audience,
                 description=str(doc.get("error_description") or (f"HTTP {status}" if not code else "")),
                 retry_after=_retry_after(headers.get("Retry-After"), now),
-                tenant=identity.actor.tenant,
-                subject=identity.actor.sub,
+                tenant=identity.actor.tenant if identity else "",
+                subject=identity.actor.sub if identity else "",
             )
             raise return_error
         tok, life, ttype = doc.get("access_token"), doc.get("expires_in"), doc.get("token_type")
@@ -550,8 +557,21 @@ class Delegator:
         """Drops the cached token, for example after the API refused it."""
         self._core.cache.delete(cache_key(identity, audience, scopes))
 
+    def exchange_envelope(
+        self, envelope: str, audience: str, scopes: Sequence[str] = (), *, identity: Identity | None = None
+    ) -> Token:
+        """Exchanges an envelope signed by the caller, without the cache. identity, when
+        given, names the user in a ``GrantRequiredError``."""
+        form, headers = self._core.form(envelope, audience, scopes)
+        return self._post(identity, audience, form, headers)
+
     def _exchange(self, identity: Identity, audience: str, scopes: Sequence[str]) -> Token:
         form, headers = self._core.request(identity, audience, scopes)
+        return self._post(identity, audience, form, headers)
+
+    def _post(
+        self, identity: Identity | None, audience: str, form: dict[str, str], headers: dict[str, str]
+    ) -> Token:
         try:
             with self._http.stream("POST", self._core.token_url, data=form, headers=headers) as resp:
                 body = b""
@@ -665,17 +685,10 @@ class MandateTransport(httpx.BaseTransport):
 # Async
 
 
-class _AsyncFlight:
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.token: Token | None = None
-        self.error: BaseException | None = None
-
-
 class AsyncDelegator:
-    """The asynchronous twin of ``Delegator`` (asyncio or trio, through anyio). The
-    exchange a first caller starts is shielded from that caller's cancellation, since
-    others may be waiting for it; it is bounded by ``timeout`` instead."""
+    """The asynchronous twin of ``Delegator`` (asyncio). An exchange runs in its own
+    task that every caller for the same key awaits (shielded), so a caller that is
+    cancelled cancels neither the exchange nor the others; it is bounded by ``timeout``."""
 
     def __init__(
         self,
@@ -714,7 +727,7 @@ class AsyncDelegator:
         self._own_client = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._timeout = timeout
-        self._flights: dict[str, _AsyncFlight] = {}
+        self._flights: dict[str, asyncio.Task[Token]] = {}
 
     def __repr__(self) -> str:
         return repr(self._core)
@@ -741,34 +754,40 @@ class AsyncDelegator:
         if cached is not None:
             return cached
         flight = self._flights.get(key)
-        if flight is not None:
-            await flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            assert flight.token is not None
-            return flight.token
-        flight = self._flights[key] = _AsyncFlight()
+        if flight is None:
+            flight = asyncio.get_running_loop().create_task(self._fly(key, ident, audience, scopes))
+            self._flights[key] = flight
+        return await asyncio.shield(flight)
+
+    async def _fly(self, key: str, identity: Identity, audience: str, scopes: Sequence[str]) -> Token:
         try:
             try:
-                with anyio.CancelScope(shield=True), anyio.fail_after(self._timeout + 5):
-                    tok = await self._exchange(ident, audience, scopes)
+                async with asyncio.timeout(self._timeout + 5):
+                    tok = await self._exchange(identity, audience, scopes)
             except TimeoutError as e:
                 raise self._core.network_error(audience, e) from None
             self._core.cache.put(key, tok, self._core.clock())
-            flight.token = tok
             return tok
-        except BaseException as e:
-            flight.error = e
-            raise
         finally:
-            del self._flights[key]
-            flight.done.set()
+            self._flights.pop(key, None)
 
     def forget(self, identity: Identity, audience: str, scopes: Sequence[str] = ()) -> None:
         self._core.cache.delete(cache_key(identity, audience, scopes))
 
+    async def exchange_envelope(
+        self, envelope: str, audience: str, scopes: Sequence[str] = (), *, identity: Identity | None = None
+    ) -> Token:
+        """See ``Delegator.exchange_envelope``."""
+        form, headers = self._core.form(envelope, audience, scopes)
+        return await self._post(identity, audience, form, headers)
+
     async def _exchange(self, identity: Identity, audience: str, scopes: Sequence[str]) -> Token:
         form, headers = self._core.request(identity, audience, scopes)
+        return await self._post(identity, audience, form, headers)
+
+    async def _post(
+        self, identity: Identity | None, audience: str, form: dict[str, str], headers: dict[str, str]
+    ) -> Token:
         try:
             async with self._http.stream("POST", self._core.token_url, data=form, headers=headers) as resp:
                 body = b""

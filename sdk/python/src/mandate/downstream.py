@@ -9,6 +9,7 @@ carry the RFC 6750 ``error`` code and a stable ``reason``; tokens never appear i
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote_plus
 
-import anyio
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -279,7 +279,7 @@ class AsyncJWKS:
         self._s = _KeyState(url, min_refresh_interval, max_age, clock)
         self._http = http_client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._timeout = timeout
-        self._inflight: anyio.Event | None = None
+        self._inflight: asyncio.Task[None] | None = None
 
     @property
     def fetches(self) -> int:
@@ -287,32 +287,29 @@ class AsyncJWKS:
 
     async def key(self, kid: str) -> _Key:
         key, must = self._s.lookup(kid)
-        wait = self._inflight
-        if wait is None and not must:
+        if self._inflight is None and not must:
             if key is not None:
                 return key
             return self._s.result(kid)
-        if wait is not None:
-            await wait.wait()
-            return self._s.result(kid)
-        done = self._inflight = anyio.Event()
-        self._s.begin()
+        if self._inflight is None:
+            self._s.begin()
+            self._inflight = asyncio.get_running_loop().create_task(self._refresh())
+        # Shielded: other callers wait for this fetch, and a caller that hangs up must not
+        # leave a failed attempt behind that blocks refreshes.
+        await asyncio.shield(self._inflight)
+        return self._s.result(kid)
+
+    async def _refresh(self) -> None:
         keys, err = None, None
         try:
-            # Shielded: other callers wait for this fetch, and a caller that hangs up
-            # must not leave a failed attempt behind that blocks refreshes.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout + 5) as scope:
+            async with asyncio.timeout(self._timeout + 5):
                 resp = await self._http.get(self._s.url, headers={"Accept": "application/json"})
                 keys = self._s.parse(resp.status_code, resp.content)
-            if scope.cancelled_caught:
-                err = "timeout"
-        except (httpx.HTTPError, ValueError) as e:
+        except (httpx.HTTPError, ValueError, TimeoutError) as e:
             err = type(e).__name__
         finally:
             self._s.finish(keys, err)
             self._inflight = None
-            done.set()
-        return self._s.result(kid)
 
     async def aclose(self) -> None:
         await self._http.aclose()
