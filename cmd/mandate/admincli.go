@@ -512,6 +512,7 @@ func clientFlags(create bool) func(fs *flag.FlagSet) func(*cmdLine) (string, str
 		b.list("audience", "allowed_audiences", "allowed audience")
 		b.list("scope", "allowed_scopes", "allowed scope")
 		b.list("mode", "allowed_modes", "allowed mode: on_behalf_of, service_identity, restricted_user")
+		b.list("service-actor", "service_actors", "actor.sub the client may present as a service actor (needs --tenant)")
 		b.seconds("max-envelope-lifetime", "max_envelope_lifetime", "longest envelope lifetime, at most 3600")
 		b.seconds("max-token-ttl", "max_token_ttl", "longest token lifetime")
 		b.boolean("disabled", "disabled", "disable the client (--disabled=false enables it)")
@@ -622,7 +623,7 @@ var (
 	auditColumns    = []column{{"TIME", "time"}, {"EVENT", "event"}, {"OUTCOME", "outcome"}, {"REASON", "reason"}, {"CLIENT", "client_id"}, {"ACTOR", "actor_sub"}, {"TENANT", "tenant"}, {"AUDIENCE", "audience"}, {"TRACE", "trace_id"}}
 
 	clientFields = []string{"client_id", "client_secret", "name", "token_endpoint_auth_method", "grant_types", "jwks_uri", "jwks",
-		"allowed_tenants", "allowed_audiences", "allowed_scopes", "allowed_modes", "max_envelope_lifetime", "max_token_ttl",
+		"allowed_tenants", "allowed_audiences", "allowed_scopes", "allowed_modes", "service_actors", "max_envelope_lifetime", "max_token_ttl",
 		"disabled", "previous_secret_expires_at", "created_at", "updated_at"}
 	audienceFields = []string{"id", "name", "resource_uris", "scopes", "allowed_modes", "token_ttl", "created_at", "updated_at"}
 	grantFields    = []string{"id", "status", "tenant", "subject", "client_id", "agent_id", "audiences", "scopes", "modes",
