@@ -39,9 +39,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(app: ASGIApp) -> Iterator[str]:
+def serve(app: ASGIApp, port: int = 0) -> Iterator[str]:
     """Runs app on a loopback port in a thread; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="auto")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="auto")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -76,19 +76,8 @@ def check_user_principal(p: Principal, s: Setup, user: str) -> None:
 
 
 def verify_issued(m: Mandate, s: Setup, token: str, user: str) -> None:
-    """Mandate tokens carry actor_type (SPEC §5); a verifier fails closed without it."""
     v = Verifier(issuer=m.issuer, audience=aud(s))
-    claims = v._c.split(token)[0]
-    import json
-
-    payload = json.loads(claims.payload)
-    if "actor_type" in payload:
-        check_user_principal(v.verify(token, ["orders:read"]), s, user)
-    else:
-        # This Mandate predates actor_type in issued tokens: the verifier must refuse.
-        with pytest.raises(InvalidTokenError) as e:
-            v.verify(token)
-        assert e.value.reason == "no_actor_type"
+    check_user_principal(v.verify(token, ["orders:read"]), s, user)
 
 
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post", "private_key_jwt"])
@@ -207,7 +196,7 @@ def test_cross_audience(mandate: Mandate) -> None:
         tok = d.token(ident(s, "alice"), aud(s))
         with pytest.raises(InvalidTokenError) as e:
             Verifier(issuer=mandate.issuer, audience=aud(s, "billing")).verify(tok.access_token)
-        assert e.value.reason in ("wrong_audience", "no_actor_type")
+        assert e.value.reason == "wrong_audience"
     with delegator(s, allowed=[aud(s)]) as d:
         with pytest.raises(ClientError) as c:
             d.token(ident(s, "alice"), aud(s, "billing"))
@@ -307,3 +296,32 @@ def test_refresh_before_expiry(mandate: Mandate) -> None:
         t2 = d.token(ident(s, "alice"), aud(s))
         assert t2 is not t1
         assert d.exchanges == 2
+
+
+def test_service_actor(mandate: Mandate) -> None:
+    """A service actor needs no grant; the downstream principal never presents it as a
+    user."""
+    s = provision(mandate)
+    orders = aud(s)
+    mandate.admin("PATCH", f"/audiences/{orders}", {"allowed_modes": ["on_behalf_of", "service_identity"]})
+    mandate.admin(
+        "PATCH",
+        f"/clients/{s.client_id}",
+        {
+            "service_actors": ["billing-sync"],
+            "allowed_audiences": [orders],
+            "allowed_scopes": ["orders:read"],
+        },
+    )
+    service = Identity(
+        actor=Actor("service", "billing-sync", s.tenant),
+        agent=Agent("nightly-agent"),
+        session=Session("batch-7", TRACE),
+        scopes=("orders:read",),
+        mode="service_identity",
+    )
+    with delegator(s) as d:
+        tok = d.token(service, orders)
+    p = Verifier(issuer=mandate.issuer, audience=orders).verify(tok.access_token, ["orders:read"])
+    assert (p.actor_type, p.user, p.service, p.tenant) == ("service", None, "billing-sync", s.tenant)
+    assert p.mode == "service_identity" and p.subject == s.client_id

@@ -19,10 +19,11 @@ It plugs into the SDK's own seams:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, cast
 
@@ -33,6 +34,7 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from opentelemetry import trace
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
@@ -40,8 +42,10 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import _jose
+from .delegator import DestinationError, NoIdentityError
 from .downstream import AsyncJWKS, InvalidTokenError, TokenVerificationError
 from .envelope import ACTOR_USER, AGENT_TYPE_MCP, MODE_ON_BEHALF_OF, MODES, Actor, Agent, Session
+from .errors import MandateError
 from .identity import Identity, current_identity, new_trace_id, parse_traceparent, use_identity
 
 __all__ = [
@@ -54,6 +58,7 @@ __all__ = [
     "StripAuthorization",
     "get_identity",
     "require_identity",
+    "tool_errors",
 ]
 
 log = logging.getLogger("mandate.mcp")
@@ -80,6 +85,18 @@ def require_identity() -> Identity:
     if identity is None:
         raise IdentityRequiredError("no caller identity: the request did not pass the Mandate boundary")
     return identity
+
+
+@contextlib.contextmanager
+def tool_errors() -> Iterator[None]:
+    """Turns Mandate's refusals (``MandateError``: the audience, the reason, Mandate's
+    words) and a missing identity into the SDK's ``ToolError``, whose message reaches the
+    model; any other exception stays a crash whose text the SDK keeps on the server. A
+    ``GrantRequiredError`` is the place to ask the user for a grant."""
+    try:
+        yield
+    except (MandateError, NoIdentityError, IdentityRequiredError, DestinationError) as e:
+        raise ToolError(str(e)) from e
 
 
 @dataclass(frozen=True, slots=True)
