@@ -239,14 +239,17 @@ async def test_tools_never_see_the_user_token(stack: Stack) -> None:
 )
 async def test_bad_inbound_tokens_are_refused(stack: Stack, case: str) -> None:
     idp = stack.idp
-    token: str | None = {
-        "no token": lambda: None,
-        "other audience": lambda: idp.mint("alice", stack.tenant, "http://127.0.0.1:1/mcp"),
-        "expired": lambda: idp.mint("alice", stack.tenant, stack.mcp_url, ttl=-120),
-        "other issuer": lambda: idp.mint("alice", stack.tenant, stack.mcp_url, iss="http://evil"),
-        "no tenant": lambda: idp.mint("alice", "", stack.mcp_url),
-        "garbage": lambda: "a.b.c",
-    }[case]()
+    token: str | None = None
+    if case == "other audience":
+        token = idp.mint("alice", stack.tenant, "http://127.0.0.1:1/mcp")
+    elif case == "expired":
+        token = idp.mint("alice", stack.tenant, stack.mcp_url, ttl=-120)
+    elif case == "other issuer":
+        token = idp.mint("alice", stack.tenant, stack.mcp_url, iss="http://evil")
+    elif case == "no tenant":
+        token = idp.mint("alice", "", stack.mcp_url)
+    elif case == "garbage":
+        token = "a.b.c"
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     if token:
         headers["Authorization"] = "Bearer " + token
