@@ -234,3 +234,30 @@ def test_503_when_the_keys_cannot_be_fetched(issuer: Issuer) -> None:
     with serve(app) as url:
         r = httpx.get(url + "/x", headers={"Authorization": "Bearer " + issuer.token()})
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
+
+
+def test_fastapi_dependency(fresh: Issuer) -> None:
+    from fastapi import Depends, FastAPI
+
+    from mandate import Principal
+    from mandate.asgi import require_scopes
+
+    app = FastAPI()
+    app.add_middleware(MandateAuthMiddleware, verifier=AsyncVerifier(issuer=fresh.url, audience=AUD))
+
+    @app.get("/orders/{order_id}")
+    async def order(order_id: str, p: Principal = Depends(require_scopes("orders:read"))) -> dict[str, Any]:
+        return {"order": order_id, "user": p.user, "agent": p.agent.sub if p.agent else None}
+
+    @app.get("/admin")
+    async def admin(p: Principal = Depends(require_scopes("orders:admin"))) -> dict[str, Any]:
+        return {"user": p.user}
+
+    with serve(app) as url:
+        ok = httpx.get(url + "/orders/A-1", headers={"Authorization": "Bearer " + fresh.token()})
+        assert ok.status_code == 200
+        assert ok.json() == {"order": "A-1", "user": "alice", "agent": "support-agent"}
+        r = httpx.get(url + "/admin", headers={"Authorization": "Bearer " + fresh.token()})
+        assert r.status_code == 403
+        assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
+        assert httpx.get(url + "/orders/A-1").status_code == 401
