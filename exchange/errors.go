@@ -42,6 +42,8 @@ const (
 	ReasonGrantRevoked           = "grant_revoked"
 	ReasonStorageUnavailable     = "storage_unavailable"
 	ReasonKeysUnavailable        = "client_keys_unavailable"
+	ReasonClientKeysInvalid      = "client_keys_invalid"
+	ReasonInternalError          = "internal_error"
 	ReasonSigningFailed          = "signing_failed"
 	ReasonGranted                = "granted"
 )

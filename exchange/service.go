@@ -376,7 +376,7 @@ func (s *Service) conflict(ctx context.Context, grant *storage.Grant) error {
 func (s *Service) verifyEnvelope(ctx context.Context, req Request, rec *storage.AuditRecord) (*envelope.Claims, error) {
 	ks, err := s.keySets.For(req.Client)
 	if err != nil {
-		return nil, fail(CodeInvalidRequest, "client_keys_invalid",
+		return nil, fail(CodeInvalidRequest, ReasonClientKeysInvalid,
 			"the client has no usable keys registered to verify the envelope", err)
 	}
 	env, err := s.verifier.Verify(ctx, req.SubjectToken, envelope.Client{
@@ -385,7 +385,7 @@ func (s *Service) verifyEnvelope(ctx context.Context, req Request, rec *storage.
 	if err != nil {
 		var ee *envelope.Error
 		if !errors.As(err, &ee) {
-			return nil, fail(CodeServerError, "envelope_verification_failed", "the envelope could not be verified", err)
+			return nil, fail(CodeServerError, ReasonInternalError, "the envelope could not be verified", err)
 		}
 		if ee.Claims != nil {
 			recordEnvelope(rec, ee.Claims)
@@ -464,7 +464,7 @@ func (s *Service) sign(claims *TokenClaims) (string, error) {
 func (s *Service) audit(ctx context.Context, now time.Time, rec *storage.AuditRecord, err error) {
 	e := AsError(err)
 	if e == nil {
-		e = fail(CodeServerError, "internal_error", "", err)
+		e = fail(CodeServerError, ReasonInternalError, "", err)
 	}
 	rec.ID, rec.Time, rec.Reason = storage.NewID("evt"), now, e.Reason
 	rec.Outcome = storage.OutcomeDenied
