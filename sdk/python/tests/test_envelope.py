@@ -137,6 +137,7 @@ def test_too_large(signer: Signer) -> None:
     with pytest.raises(EnvelopeError) as e:
         signer.sign(base(authorization=Authorization(tuple(f"scope:{i:05d}" for i in range(900)))))
     assert e.value.reason == "too_large"
+    assert e.value.wire_reason == "subject_token_too_large"
 
 
 def test_from_dict_is_strict() -> None:

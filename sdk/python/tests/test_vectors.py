@@ -63,6 +63,7 @@ def test_signer_follows_the_vectors(vector: dict[str, Any]) -> None:
         with pytest.raises(EnvelopeError) as e:
             signer.sign(Claims.from_dict(vector["claims"]))
         assert e.value.reason == vector["reason"]
+        assert e.value.wire_reason == vector["wire_reason"]
 
 
 def test_go_verifier_accepts_envelopes_signed_in_python() -> None:

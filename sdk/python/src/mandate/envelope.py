@@ -73,6 +73,8 @@ def wire_reason(reason: str) -> str:
     """The ``reason`` the token endpoint answers for an envelope-level reason."""
     if reason == REASON_KEYS_UNAVAILABLE:
         return "client_keys_unavailable"
+    if reason == REASON_TOO_LARGE:
+        return "subject_token_too_large"  # refused with the parameters, before any parsing
     return "envelope_" + reason
 
 
