@@ -304,7 +304,10 @@ type AuditList struct {
 
 // AuditRecord Example: {"client_id":"mandate-admin","detail":{"client_id":"webapp-prod","grant_id":"grt_019a7c3e5b10f2a4c6e8d0b1a3"},"event":"admin.grant.create","grant_id":"grt_019a7c3e5b10f2a4c6e8d0b1a3","id":"aud_019a7c3e5b10f2a4c6e8d0b1a3","outcome":"granted","time":"2026-01-05T10:00:00Z"}
 type AuditRecord struct {
-	ActorSub       *string `json:"actor_sub,omitempty"`
+	ActorSub *string `json:"actor_sub,omitempty"`
+
+	// ActorType `user` or `service`, on records about an envelope's actor.
+	ActorType      *string `json:"actor_type,omitempty"`
 	AgentID        *string `json:"agent_id,omitempty"`
 	Audience       *string `json:"audience,omitempty"`
 	ClientID       *string `json:"client_id,omitempty"`
@@ -335,7 +338,7 @@ type AuditRecord struct {
 // AuthMethod defines model for AuthMethod.
 type AuthMethod string
 
-// Client Example: {"allowed_audiences":["orders_api"],"allowed_modes":[],"allowed_scopes":[],"allowed_tenants":["acme"],"client_id":"webapp-prod","created_at":"2026-01-05T10:00:00Z","disabled":false,"grant_types":["urn:ietf:params:oauth:grant-type:token-exchange"],"jwks_uri":"https://webapp.example.com/.well-known/jwks.json","max_envelope_lifetime":300,"name":"Web app (production)","token_endpoint_auth_method":"client_secret_basic","updated_at":"2026-01-05T10:00:00Z"}
+// Client Example: {"allowed_audiences":["orders_api"],"allowed_modes":[],"allowed_scopes":[],"allowed_tenants":["acme"],"client_id":"webapp-prod","created_at":"2026-01-05T10:00:00Z","disabled":false,"grant_types":["urn:ietf:params:oauth:grant-type:token-exchange"],"jwks_uri":"https://webapp.example.com/.well-known/jwks.json","max_envelope_lifetime":300,"name":"Web app (production)","service_actors":[],"token_endpoint_auth_method":"client_secret_basic","updated_at":"2026-01-05T10:00:00Z"}
 type Client struct {
 	AllowedAudiences []string `json:"allowed_audiences"`
 	AllowedModes     []Mode   `json:"allowed_modes"`
@@ -366,6 +369,7 @@ type Client struct {
 
 	// PreviousSecretExpiresAt Present while a rotated-out secret still works.
 	PreviousSecretExpiresAt *time.Time `json:"previous_secret_expires_at,omitempty"`
+	ServiceActors           []string   `json:"service_actors"`
 	TokenEndpointAuthMethod AuthMethod `json:"token_endpoint_auth_method"`
 	UpdatedAt               time.Time  `json:"updated_at"`
 }
@@ -374,9 +378,11 @@ type Client struct {
 // `client_secret_basic`, `grant_types` to
 // `[urn:ietf:params:oauth:grant-type:token-exchange]`. Absent `max_envelope_lifetime`
 // means the server default (300); absent `max_token_ttl` means no client limit. The
-// `allowed_*` lists narrow what grants allow; absent or empty means no extra narrowing,
-// except for service envelopes (`actor.type = service`), for which
-// `allowed_audiences` and `allowed_scopes` are the whole permission.
+// `allowed_*` lists narrow what grants allow; absent or empty means no extra narrowing.
+// Service actors are a separate, explicit permission: `service_actors` lists the
+// `actor.sub` values the client may present with `actor.type = service`; for those
+// envelopes `allowed_tenants` must name the tenant, and `allowed_audiences` and
+// `allowed_scopes` are the whole permission (empty allows nothing).
 //
 // Example: {"allowed_audiences":["orders_api"],"allowed_tenants":["acme"],"client_id":"webapp-prod","grant_types":["urn:ietf:params:oauth:grant-type:token-exchange"],"jwks_uri":"https://webapp.example.com/.well-known/jwks.json","max_envelope_lifetime":300,"name":"Web app (production)","token_endpoint_auth_method":"client_secret_basic"}
 type ClientCreate struct {
@@ -421,8 +427,17 @@ type ClientCreate struct {
 	MaxTokenTTL *TokenTTL `json:"max_token_ttl,omitempty"`
 
 	// Name Example: Web app (production)
-	Name                    *Name       `json:"name,omitempty"`
-	TokenEndpointAuthMethod *AuthMethod `json:"token_endpoint_auth_method,omitempty"`
+	Name *Name `json:"name,omitempty"`
+
+	// ServiceActors The `actor.sub` values this client may present with `actor.type = service` (absent or
+	// empty: none). Such envelopes need no grant, so this list, a non-empty
+	// `allowed_tenants` naming the tenant, `allowed_audiences` and `allowed_scopes` are the
+	// whole permission. `*` is never an actor.
+	//
+	//
+	// Example: ["nightly-batch"]
+	ServiceActors           *ServiceActorList `json:"service_actors,omitempty"`
+	TokenEndpointAuthMethod *AuthMethod       `json:"token_endpoint_auth_method,omitempty"`
 }
 
 // ClientList defines model for ClientList.
@@ -482,8 +497,17 @@ type ClientUpdate struct {
 	MaxTokenTTL *TokenTTL `json:"max_token_ttl,omitempty"`
 
 	// Name Example: Web app (production)
-	Name                    *Name       `json:"name,omitempty"`
-	TokenEndpointAuthMethod *AuthMethod `json:"token_endpoint_auth_method,omitempty"`
+	Name *Name `json:"name,omitempty"`
+
+	// ServiceActors The `actor.sub` values this client may present with `actor.type = service` (absent or
+	// empty: none). Such envelopes need no grant, so this list, a non-empty
+	// `allowed_tenants` naming the tenant, `allowed_audiences` and `allowed_scopes` are the
+	// whole permission. `*` is never an actor.
+	//
+	//
+	// Example: ["nightly-batch"]
+	ServiceActors           *ServiceActorList `json:"service_actors,omitempty"`
+	TokenEndpointAuthMethod *AuthMethod       `json:"token_endpoint_auth_method,omitempty"`
 }
 
 // ClientWithSecret defines model for ClientWithSecret.
@@ -522,6 +546,7 @@ type ClientWithSecret struct {
 
 	// PreviousSecretExpiresAt Present while a rotated-out secret still works.
 	PreviousSecretExpiresAt *time.Time `json:"previous_secret_expires_at,omitempty"`
+	ServiceActors           []string   `json:"service_actors"`
 	TokenEndpointAuthMethod AuthMethod `json:"token_endpoint_auth_method"`
 	UpdatedAt               time.Time  `json:"updated_at"`
 }
@@ -770,6 +795,14 @@ type SecretRotation struct {
 	// Example: 3600
 	GracePeriod *int `json:"grace_period,omitempty"`
 }
+
+// ServiceActorList The `actor.sub` values this client may present with `actor.type = service` (absent or
+// empty: none). Such envelopes need no grant, so this list, a non-empty
+// `allowed_tenants` naming the tenant, `allowed_audiences` and `allowed_scopes` are the
+// whole permission. `*` is never an actor.
+//
+// Example: ["nightly-batch"]
+type ServiceActorList = []string
 
 // Subject A user id, or `*` for every user of the tenant.
 //

@@ -46,6 +46,7 @@ func auditOut(r *storage.AuditRecord) AuditRecord {
 		Reason:         ptrIf(r.Reason),
 		ClientID:       ptrIf(r.ClientID),
 		AgentID:        ptrIf(r.AgentID),
+		ActorType:      ptrIf(r.ActorType),
 		ActorSub:       ptrIf(r.ActorSub),
 		Tenant:         ptrIf(r.Tenant),
 		DelegationMode: ptrIf(r.DelegationMode),

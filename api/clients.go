@@ -58,6 +58,7 @@ func (s *server) CreateClient(ctx context.Context, req CreateClientRequestObject
 		AllowedAudiences:        copyList(deref(b.AllowedAudiences)),
 		AllowedScopes:           copyList(deref(b.AllowedScopes)),
 		AllowedModes:            modesIn(deref(b.AllowedModes)),
+		ServiceActors:           copyList(deref(b.ServiceActors)),
 		MaxEnvelopeLifetime:     seconds(deref(b.MaxEnvelopeLifetime)),
 		MaxTokenTTL:             seconds(deref(b.MaxTokenTTL)),
 		Disabled:                deref(b.Disabled),
@@ -142,6 +143,9 @@ func (s *server) UpdateClient(ctx context.Context, req UpdateClientRequestObject
 			}
 			if mark("allowed_modes", b.AllowedModes != nil) {
 				c.AllowedModes = modesIn(*b.AllowedModes)
+			}
+			if mark("service_actors", b.ServiceActors != nil) {
+				c.ServiceActors = copyList(*b.ServiceActors)
 			}
 			if mark("max_envelope_lifetime", b.MaxEnvelopeLifetime != nil) {
 				c.MaxEnvelopeLifetime = seconds(*b.MaxEnvelopeLifetime)
@@ -329,6 +333,10 @@ func checkClient(v *validation, c *storage.Client) {
 	if len(c.GrantTypes) == 0 {
 		v.add("grant_types", "needs at least one grant type")
 	}
+	if len(c.ServiceActors) > 0 && len(c.AllowedTenants) == 0 {
+		// Without a tenant list a service actor could be presented in any tenant at all.
+		v.add("service_actors", "service actors need allowed_tenants naming the tenants they act in")
+	}
 }
 
 func grantTypesIn(gt []GrantType) []string {
@@ -349,6 +357,7 @@ func (s *server) clientOut(c *storage.Client) Client {
 		AllowedAudiences:        orEmpty(c.AllowedAudiences),
 		AllowedScopes:           orEmpty(c.AllowedScopes),
 		AllowedModes:            modesOut(c.AllowedModes),
+		ServiceActors:           orEmpty(c.ServiceActors),
 		MaxEnvelopeLifetime:     secondsIf(c.MaxEnvelopeLifetime),
 		MaxTokenTTL:             secondsIf(c.MaxTokenTTL),
 		Disabled:                c.Disabled,
@@ -376,6 +385,7 @@ func withSecret(c Client, plain string) ClientWithSecret {
 	return ClientWithSecret{
 		AllowedAudiences:        c.AllowedAudiences,
 		AllowedModes:            c.AllowedModes,
+		ServiceActors:           c.ServiceActors,
 		AllowedScopes:           c.AllowedScopes,
 		AllowedTenants:          c.AllowedTenants,
 		ClientID:                c.ClientID,

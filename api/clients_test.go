@@ -163,6 +163,8 @@ func TestClientValidation(t *testing.T) {
 			{"fractional ttl", map[string]any{"max_token_ttl": 1.5}, "max_token_ttl"},
 			{"bad scope", map[string]any{"allowed_scopes": []string{"has space"}}, "allowed_scopes.0"},
 			{"unknown member", map[string]any{"client_secret": "mine"}, "client_secret"},
+			{"service actors without tenants", map[string]any{"service_actors": []string{"batch"}}, "service_actors"},
+			{"service actor *", map[string]any{"service_actors": []string{"*"}, "allowed_tenants": []string{"acme"}}, "service_actors.0"},
 		}
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
-	"strings"
-	"unicode/utf8"
 
 	"github.com/mandatehq/mandate/exchange"
 	"github.com/mandatehq/mandate/storage"
@@ -31,22 +29,6 @@ func (s *Server) auditRefusal(r *http.Request, form url.Values, err error) {
 	s.auditDenial(r, event, form, err, nil)
 }
 
-// auditText makes unauthenticated input safe to store: invalid UTF-8 and control characters
-// become U+FFFD, and it is clipped to max bytes on a character boundary.
-func auditText(s string, max int) string {
-	var b strings.Builder
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			r = utf8.RuneError
-		}
-		if b.Len()+utf8.RuneLen(r) > max {
-			break
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
-
 // auditDenial records a refusal of event. rec, when not nil, carries what is known about the
 // refused request (its reason included); otherwise the reason follows from err.
 func (s *Server) auditDenial(r *http.Request, event string, form url.Values, err error, rec *storage.AuditRecord) {
@@ -63,7 +45,7 @@ func (s *Server) auditDenial(r *http.Request, event string, form url.Values, err
 				clientID = dec
 			}
 		}
-		rec = &storage.AuditRecord{Reason: reason, ClientID: auditText(clientID, 256)}
+		rec = &storage.AuditRecord{Reason: reason, ClientID: exchange.AuditText(clientID, 256)}
 	}
 	rec.ID, rec.Time, rec.Event, rec.Outcome = storage.NewID("evt"), s.now(), event, storage.OutcomeDenied
 	rec.RemoteAddr = hostOf(r.RemoteAddr)

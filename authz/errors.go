@@ -58,7 +58,7 @@ const (
 	ReasonClientAuthFailed     = "client_authentication_failed"
 	ReasonUnsupportedGrantType = "unsupported_grant_type"
 	ReasonNotTokenOwner        = "token_not_issued_to_client"
-	ReasonInternalError        = "internal_error"
+	ReasonInternalError        = exchange.ReasonInternalError
 )
 
 // defaultReason is the reason of an oauthError raised without one: each error code of this

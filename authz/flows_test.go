@@ -37,7 +37,7 @@ func TestModeClaims(t *testing.T) {
 			want := exchange.TokenClaims{
 				Issuer: e.issuer, Subject: userSub, Audience: ordersAPI, ClientID: clientID,
 				Scope: "orders:read orders:write", Tenant: tenant, DelegationMode: envelope.ModeOnBehalfOf,
-				ActorSub: userSub, AgentID: agentID, TraceID: "req_abc", SessionID: "sess_789", GrantID: e.grantID,
+				ActorType: envelope.ActorUser, ActorSub: userSub, AgentID: agentID, TraceID: "req_abc", SessionID: "sess_789", GrantID: e.grantID,
 				Act: &envelope.Act{Sub: agentID, ClientID: clientID, Act: prior},
 			}
 			checkClaims(t, c, want, 300)
@@ -50,7 +50,7 @@ func TestModeClaims(t *testing.T) {
 			checkClaims(t, c, exchange.TokenClaims{
 				Issuer: e.issuer, Subject: clientID, Audience: ordersAPI, ClientID: clientID,
 				Scope: "orders:read orders:write", Tenant: tenant, DelegationMode: envelope.ModeServiceIdentity,
-				ActorSub: userSub, AgentID: agentID, TraceID: "req_abc", SessionID: "sess_789", GrantID: e.grantID,
+				ActorType: envelope.ActorUser, ActorSub: userSub, AgentID: agentID, TraceID: "req_abc", SessionID: "sess_789", GrantID: e.grantID,
 			}, 300)
 		})
 		t.Run("restricted_user", func(t *testing.T) {
@@ -64,14 +64,15 @@ func TestModeClaims(t *testing.T) {
 			checkClaims(t, c, exchange.TokenClaims{
 				Issuer: e.issuer, Subject: userSub, Audience: ordersAPI, ClientID: clientID,
 				Scope: "orders:read orders:write", Tenant: tenant, DelegationMode: envelope.ModeRestrictedUser,
-				ActorSub: userSub, AgentID: agentID, TraceID: "req_abc", SessionID: "sess_789", GrantID: e.grantID,
+				ActorType: envelope.ActorUser, ActorSub: userSub, AgentID: agentID, TraceID: "req_abc", SessionID: "sess_789", GrantID: e.grantID,
 			}, 60)
 			if r.body["expires_in"] != float64(60) {
 				t.Errorf("expires_in %v, want 60", r.body["expires_in"])
 			}
 		})
 		t.Run("service actor", func(t *testing.T) {
-			e.addClient(&storage.Client{ID: "mcp-svc", AllowedAudiences: []string{ordersAPI}, AllowedScopes: []string{"orders:read"}})
+			e.addClient(&storage.Client{ID: "mcp-svc", AllowedAudiences: []string{ordersAPI}, AllowedScopes: []string{"orders:read"},
+				AllowedTenants: []string{"ops"}, ServiceActors: []string{"nightly-batch"}})
 			r := e.post("/oauth2/token", "mcp-svc", exchangeForm(e.envelope("mcp-svc", func(c *envelope.Claims) {
 				c.Actor = envelope.Actor{Type: envelope.ActorService, Sub: "nightly-batch", Tenant: "ops"}
 				c.Delegation.Mode = envelope.ModeServiceIdentity
@@ -80,7 +81,7 @@ func TestModeClaims(t *testing.T) {
 			checkClaims(t, c, exchange.TokenClaims{
 				Issuer: e.issuer, Subject: "mcp-svc", Audience: ordersAPI, ClientID: "mcp-svc",
 				Scope: "orders:read", Tenant: "ops", DelegationMode: envelope.ModeServiceIdentity,
-				ActorSub: "nightly-batch", AgentID: agentID, TraceID: "req_abc", SessionID: "sess_789",
+				ActorType: envelope.ActorService, ActorSub: "nightly-batch", AgentID: agentID, TraceID: "req_abc", SessionID: "sess_789",
 			}, 300)
 		})
 	})

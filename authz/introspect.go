@@ -24,6 +24,7 @@ type introspection struct {
 	TraceID        string        `json:"trace_id,omitempty"`
 	SessionID      string        `json:"session_id,omitempty"`
 	Tenant         string        `json:"tenant,omitempty"`
+	ActorType      string        `json:"actor_type,omitempty"`
 	ActorSub       string        `json:"actor_sub,omitempty"`
 	AgentID        string        `json:"agent_id,omitempty"`
 }
@@ -45,7 +46,7 @@ func (s *Server) handleIntrospect() http.Handler {
 			Active: true, Scope: c.Scope, ClientID: c.ClientID, TokenType: "Bearer",
 			Exp: c.ExpiresAt, Iat: c.IssuedAt, Sub: c.Subject, Aud: c.Audience, Iss: c.Issuer, JTI: c.JTI,
 			Act: c.Act, DelegationMode: c.DelegationMode, GrantID: c.GrantID, TraceID: c.TraceID,
-			SessionID: c.SessionID, Tenant: c.Tenant, ActorSub: c.ActorSub, AgentID: c.AgentID,
+			SessionID: c.SessionID, Tenant: c.Tenant, ActorType: c.ActorType, ActorSub: c.ActorSub, AgentID: c.AgentID,
 		})
 	})
 }

@@ -29,66 +29,67 @@ func TestDecisionTable(t *testing.T) {
 		send   func(e *env, f url.Values) *response // how to send (default: Basic as mcp-web)
 		status int
 		code   string
+		reason string // the reason on the wire, which the audit record carries too
 	}
 	rows := []row{
 		// authenticate the client
 		{name: "wrong secret", send: func(e *env, f url.Values) *response {
 			return e.do("/oauth2/token", f, func(r *http.Request) { r.SetBasicAuth(clientID, "mcs_wrong") })
-		}, status: 401, code: "invalid_client"},
+		}, status: 401, code: "invalid_client", reason: "client_authentication_failed"},
 		{name: "unknown client", send: func(e *env, f url.Values) *response {
 			return e.do("/oauth2/token", f, func(r *http.Request) { r.SetBasicAuth("nobody", "x") })
-		}, status: 401, code: "invalid_client"},
+		}, status: 401, code: "invalid_client", reason: "client_authentication_failed"},
 		{name: "no credentials", send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "", f) },
-			status: 401, code: "invalid_client"},
+			status: 401, code: "invalid_client", reason: "client_authentication_failed"},
 		{name: "disabled client", setup: func(e *env) {
 			e.addClient(&storage.Client{ID: "mcp-off", Disabled: true})
 		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-off", f) },
-			status: 401, code: "invalid_client"},
+			status: 401, code: "invalid_client", reason: "client_authentication_failed"},
 		{name: "secret method mismatch: basic client uses post", send: func(e *env, f url.Values) *response {
 			f.Set("client_id", clientID)
 			f.Set("client_secret", e.secrets[clientID])
 			return e.post("/oauth2/token", "", f)
-		}, status: 401, code: "invalid_client"},
+		}, status: 401, code: "invalid_client", reason: "client_authentication_failed"},
 		// the client may use this grant type
 		{name: "grant type not allowed", setup: func(e *env) {
 			e.addClient(&storage.Client{ID: "svc", GrantTypes: []string{exchange.GrantTypeClientCredentials}})
 		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "svc", f) },
-			status: 400, code: "unauthorized_client"},
+			status: 400, code: "unauthorized_client", reason: "grant_type_not_allowed"},
 		{name: "unsupported grant type", form: func(e *env, f url.Values) { f.Set("grant_type", "password") },
-			status: 400, code: "unsupported_grant_type"},
+			status: 400, code: "unsupported_grant_type", reason: "unsupported_grant_type"},
 		// parameters well formed
 		{name: "missing subject_token", form: func(e *env, f url.Values) { f.Del("subject_token") },
-			status: 400, code: "invalid_request"},
+			status: 400, code: "invalid_request", reason: "missing_subject_token"},
 		{name: "empty subject_token counts as absent", form: func(e *env, f url.Values) { f.Set("subject_token", "") },
-			status: 400, code: "invalid_request"},
+			status: 400, code: "invalid_request", reason: "missing_subject_token"},
 		{name: "missing subject_token_type", form: func(e *env, f url.Values) { f.Del("subject_token_type") },
-			status: 400, code: "invalid_request"},
+			status: 400, code: "invalid_request", reason: "bad_subject_token_type"},
 		{name: "unknown subject_token_type", form: func(e *env, f url.Values) {
 			f.Set("subject_token_type", "urn:ietf:params:oauth:token-type:access_token")
-		}, status: 400, code: "invalid_request"},
-		{name: "no target", form: func(e *env, f url.Values) { f.Del("audience") }, status: 400, code: "invalid_request"},
+		}, status: 400, code: "invalid_request", reason: "bad_subject_token_type"},
+		{name: "no target", form: func(e *env, f url.Values) { f.Del("audience") }, status: 400, code: "invalid_request", reason: "missing_target"},
 		{name: "repeated subject_token", form: func(e *env, f url.Values) { f.Add("subject_token", f.Get("subject_token")) },
-			status: 400, code: "invalid_request"},
+			status: 400, code: "invalid_request", reason: "malformed_request"},
 		{name: "repeated scope", form: func(e *env, f url.Values) { f.Add("scope", "orders:read"); f.Add("scope", "orders:read") },
-			status: 400, code: "invalid_request"},
+			status: 400, code: "invalid_request", reason: "malformed_request"},
 		{name: "actor_token", form: func(e *env, f url.Values) {
 			f.Set("actor_token", "x")
 			f.Set("actor_token_type", envelope.JWTTokenType)
-		}, status: 400, code: "invalid_request"},
+		}, status: 400, code: "invalid_request", reason: "malformed_request"},
 		{name: "requested_token_type saml", form: func(e *env, f url.Values) {
 			f.Set("requested_token_type", "urn:ietf:params:oauth:token-type:saml2")
-		}, status: 400, code: "invalid_request"},
+		}, status: 400, code: "invalid_request", reason: "bad_requested_token_type"},
 		{name: "subject_token over 8 KiB", form: func(e *env, f url.Values) {
 			f.Set("subject_token", strings.Repeat("a", 8193))
-		}, status: 400, code: "invalid_request"},
+		}, status: 400, code: "invalid_request", reason: "subject_token_too_large"},
 		// envelope valid
 		{name: "envelope expired", token: func(e *env) string {
 			tok := e.envelope(clientID, nil)
 			e.clock.Advance(3 * time.Minute)
 			return tok
-		}, status: 400, code: "invalid_request"},
+		}, status: 400, code: "invalid_request", reason: "envelope_expired"},
 		{name: "envelope for another issuer", env: func(c *envelope.Claims) { c.Audience = envelope.Audience{"https://elsewhere"} },
-			status: 400, code: "invalid_request"},
+			status: 400, code: "invalid_request", reason: "envelope_audience_mismatch"},
 		{name: "envelope signed by another client", token: func(e *env) string {
 			c := e.claims(clientID)
 			tok, err := e.signers[otherID].Sign(c) // right iss, wrong key
@@ -96,95 +97,123 @@ func TestDecisionTable(t *testing.T) {
 				e.t.Fatal(err)
 			}
 			return tok
-		}, status: 400, code: "invalid_request"},
+		}, status: 400, code: "invalid_request", reason: "envelope_unknown_kid"},
 		{name: "envelope of another client", token: func(e *env) string { return e.envelope(otherID, nil) },
-			status: 400, code: "invalid_request"},
+			status: 400, code: "invalid_request", reason: "envelope_unknown_kid"},
 		{name: "envelope lifetime over the client maximum", env: func(c *envelope.Claims) {
 			c.IssuedAt = time.Now()
 			c.ExpiresAt = c.IssuedAt.Add(10 * time.Minute)
-		}, status: 400, code: "invalid_request"},
+		}, status: 400, code: "invalid_request", reason: "envelope_lifetime_too_long"},
 		{name: "envelope with alg none", token: func(e *env) string { return unsigned(e.claims(clientID)) },
-			status: 400, code: "invalid_request"},
+			status: 400, code: "invalid_request", reason: "envelope_bad_format"},
 		{name: "tenant not allowed for the client", env: func(c *envelope.Claims) { c.Actor.Tenant = "globex" },
-			status: 400, code: "invalid_request"},
+			status: 400, code: "invalid_request", reason: "tenant_not_allowed"},
 		{name: "act chain too deep", env: func(c *envelope.Claims) {
 			c.Act = &envelope.Act{Sub: "a1", Act: &envelope.Act{Sub: "a2", Act: &envelope.Act{Sub: "a3", Act: &envelope.Act{Sub: "a4"}}}}
-		}, status: 400, code: "invalid_request"},
+		}, status: 400, code: "invalid_request", reason: "act_chain_too_deep"},
 		// target
 		{name: "unknown audience", form: func(e *env, f url.Values) { f.Set("audience", "nope_api") },
-			status: 400, code: "invalid_target"},
+			status: 400, code: "invalid_target", reason: "unknown_audience"},
 		{name: "unknown resource", form: func(e *env, f url.Values) { f.Del("audience"); f.Set("resource", "https://nope.example") },
-			status: 400, code: "invalid_target"},
+			status: 400, code: "invalid_target", reason: "unknown_resource"},
 		{name: "audience and resource name different audiences", form: func(e *env, f url.Values) {
 			f.Set("audience", billingAPI)
 			f.Set("resource", ordersURI)
-		}, status: 400, code: "invalid_target"},
+		}, status: 400, code: "invalid_target", reason: "conflicting_targets"},
 		{name: "two audiences", form: func(e *env, f url.Values) { f.Add("audience", billingAPI) },
-			status: 400, code: "invalid_target"},
+			status: 400, code: "invalid_target", reason: "conflicting_targets"},
 		{name: "audience not in delegation.allowed", env: func(c *envelope.Claims) { c.Delegation.Allowed = []string{billingAPI} },
-			status: 400, code: "invalid_target"},
+			status: 400, code: "invalid_target", reason: "audience_not_in_envelope"},
 		{name: "audience not allowed for the client", setup: func(e *env) {
 			e.addClient(&storage.Client{ID: "mcp-narrow", AllowedAudiences: []string{billingAPI}})
 			e.addGrant(&storage.Grant{Subject: userSub, ClientID: "mcp-narrow"})
 		}, token: func(e *env) string { return e.envelope("mcp-narrow", nil) },
 			send:   func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-narrow", f) },
-			status: 400, code: "invalid_target"},
+			status: 400, code: "invalid_target", reason: "audience_not_allowed_for_client"},
 		// mode allowed by the audience and the client
 		{name: "restricted_user on an audience that does not list it", env: func(c *envelope.Claims) {
 			c.Delegation.Mode = envelope.ModeRestrictedUser
-		}, form: func(e *env, f url.Values) { f.Set("audience", billingAPI) }, status: 400, code: "invalid_request"},
+		}, form: func(e *env, f url.Values) { f.Set("audience", billingAPI) }, status: 400, code: "invalid_request", reason: "mode_not_allowed_for_audience"},
 		{name: "mode not allowed for the client", setup: func(e *env) {
 			e.addClient(&storage.Client{ID: "mcp-obo", AllowedModes: []string{envelope.ModeOnBehalfOf}})
 			e.addGrant(&storage.Grant{Subject: userSub, ClientID: "mcp-obo"})
 		}, token: func(e *env) string {
 			return e.envelope("mcp-obo", func(c *envelope.Claims) { c.Delegation.Mode = envelope.ModeServiceIdentity })
 		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-obo", f) },
-			status: 400, code: "invalid_request"},
+			status: 400, code: "invalid_request", reason: "mode_not_allowed_for_client"},
 		// user actor: an active grant exists …
 		{name: "no grant for this user", env: func(c *envelope.Claims) { c.Actor.Sub = "user_999" },
-			status: 400, code: "invalid_request"},
+			status: 400, code: "invalid_request", reason: "no_active_grant"},
 		{name: "grant pinned to another agent", setup: func(e *env) {
 			e.addGrant(&storage.Grant{Subject: "user_pinned", AgentID: "agent_other"})
-		}, env: func(c *envelope.Claims) { c.Actor.Sub = "user_pinned" }, status: 400, code: "invalid_request"},
+		}, env: func(c *envelope.Claims) { c.Actor.Sub = "user_pinned" }, status: 400, code: "invalid_request", reason: "no_active_grant"},
 		{name: "grant not yet valid", setup: func(e *env) {
 			e.addGrant(&storage.Grant{Subject: "user_later", NotBefore: time.Now().Add(time.Hour), ExpiresAt: time.Now().Add(2 * time.Hour)})
-		}, env: func(c *envelope.Claims) { c.Actor.Sub = "user_later" }, status: 400, code: "invalid_request"},
+		}, env: func(c *envelope.Claims) { c.Actor.Sub = "user_later" }, status: 400, code: "invalid_request", reason: "no_active_grant"},
 		// … and covers this audience and mode
 		{name: "grant does not cover the audience", setup: func(e *env) {
 			e.addGrant(&storage.Grant{Subject: "user_b", Audiences: []string{billingAPI}})
-		}, env: func(c *envelope.Claims) { c.Actor.Sub = "user_b" }, status: 400, code: "invalid_target"},
+		}, env: func(c *envelope.Claims) { c.Actor.Sub = "user_b" }, status: 400, code: "invalid_target", reason: "grant_does_not_cover_audience_or_mode"},
 		{name: "grant does not cover the mode", setup: func(e *env) {
 			e.addGrant(&storage.Grant{Subject: "user_obo", Modes: []string{envelope.ModeOnBehalfOf}})
 		}, env: func(c *envelope.Claims) {
 			c.Actor.Sub = "user_obo"
 			c.Delegation.Mode = envelope.ModeRestrictedUser
-		}, status: 400, code: "invalid_target"},
+		}, status: 400, code: "invalid_target", reason: "grant_does_not_cover_audience_or_mode"},
 		// service actor: service_identity only, the client's own limits
 		{name: "service actor in on_behalf_of", token: func(e *env) string {
 			c := e.claims(clientID)
 			c.Actor = envelope.Actor{Type: envelope.ActorService, Sub: "batch", Tenant: tenant}
 			return e.rawEnvelope(clientID, c)
-		}, status: 400, code: "invalid_request"},
+		}, status: 400, code: "invalid_request", reason: "envelope_bad_value"},
 		{name: "service actor, client allows no audience", env: func(c *envelope.Claims) {
 			c.Actor = envelope.Actor{Type: envelope.ActorService, Sub: "batch", Tenant: tenant}
 			c.Delegation.Mode = envelope.ModeServiceIdentity
-		}, status: 400, code: "invalid_target"},
+		}, status: 400, code: "invalid_target", reason: "audience_not_allowed_for_client"},
+		{name: "service actor * is never an actor", token: func(e *env) string {
+			c := e.claims(clientID)
+			c.Actor = envelope.Actor{Type: envelope.ActorService, Sub: "*", Tenant: tenant}
+			c.Delegation.Mode = envelope.ModeServiceIdentity
+			return e.rawEnvelope(clientID, c)
+		}, status: 400, code: "invalid_request", reason: "envelope_bad_value"},
+		// The review's hole: narrowing lists alone must not let a client name any actor.
+		{name: "service actor not in the client's service_actors", setup: func(e *env) {
+			e.addClient(&storage.Client{ID: "mcp-svc", AllowedAudiences: []string{ordersAPI}, AllowedScopes: []string{"orders:read"},
+				AllowedTenants: []string{tenant}, ServiceActors: []string{"nightly-batch"}})
+		}, token: func(e *env) string {
+			return e.envelope("mcp-svc", func(c *envelope.Claims) {
+				c.Actor = envelope.Actor{Type: envelope.ActorService, Sub: userSub, Tenant: tenant}
+				c.Delegation.Mode = envelope.ModeServiceIdentity
+			})
+		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-svc", f) },
+			status: 400, code: "invalid_request", reason: "service_actor_not_allowed"},
+		{name: "service actor, client allows no tenant", setup: func(e *env) {
+			e.addClient(&storage.Client{ID: "mcp-svc", AllowedAudiences: []string{ordersAPI}, AllowedScopes: []string{"orders:read"},
+				ServiceActors: []string{"batch"}})
+		}, token: func(e *env) string {
+			return e.envelope("mcp-svc", func(c *envelope.Claims) {
+				c.Actor = envelope.Actor{Type: envelope.ActorService, Sub: "batch", Tenant: "globex"}
+				c.Delegation.Mode = envelope.ModeServiceIdentity
+			})
+		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-svc", f) },
+			status: 400, code: "invalid_request", reason: "service_actor_not_allowed"},
 		{name: "service actor, client allows no scope", setup: func(e *env) {
-			e.addClient(&storage.Client{ID: "mcp-svc", AllowedAudiences: []string{ordersAPI}})
+			e.addClient(&storage.Client{ID: "mcp-svc", AllowedAudiences: []string{ordersAPI},
+				AllowedTenants: []string{tenant}, ServiceActors: []string{"batch"}})
 		}, token: func(e *env) string {
 			return e.envelope("mcp-svc", func(c *envelope.Claims) {
 				c.Actor = envelope.Actor{Type: envelope.ActorService, Sub: "batch", Tenant: tenant}
 				c.Delegation.Mode = envelope.ModeServiceIdentity
 			})
 		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-svc", f) },
-			status: 400, code: "invalid_scope"},
+			status: 400, code: "invalid_scope", reason: "no_effective_scope"},
 		// scopes
 		{name: "requested scope outside the effective set", form: func(e *env, f url.Values) { f.Set("scope", "orders:read orders:delete") },
-			status: 400, code: "invalid_scope"},
+			status: 400, code: "invalid_scope", reason: "scope_not_allowed"},
 		{name: "requested scope of another audience", form: func(e *env, f url.Values) { f.Set("scope", "billing:read") },
-			status: 400, code: "invalid_scope"},
+			status: 400, code: "invalid_scope", reason: "scope_not_allowed"},
 		{name: "no effective scope", env: func(c *envelope.Claims) { c.Authorization.Scopes = []string{"billing:read"} },
-			status: 400, code: "invalid_scope"},
+			status: 400, code: "invalid_scope", reason: "no_effective_scope"},
 	}
 	for _, rw := range rows {
 		t.Run(rw.name, func(t *testing.T) {
@@ -209,6 +238,9 @@ func TestDecisionTable(t *testing.T) {
 				r = e.post("/oauth2/token", clientID, f)
 			}
 			wantError(t, r, rw.status, rw.code)
+			if got := r.str("reason"); got != rw.reason {
+				t.Errorf("reason %q, want %q", got, rw.reason)
+			}
 			if rw.status == 401 && rw.send != nil && r.header.Get("WWW-Authenticate") == "" &&
 				rw.name != "no credentials" && rw.name != "secret method mismatch: basic client uses post" {
 				t.Errorf("401 after Basic without WWW-Authenticate")
@@ -219,8 +251,8 @@ func TestDecisionTable(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if len(items) != 1 || items[0].Outcome != storage.OutcomeDenied || items[0].Reason == "" {
-					t.Fatalf("audit = %+v, want one denied record with a reason", items)
+				if len(items) != 1 || items[0].Outcome != storage.OutcomeDenied || items[0].Reason != rw.reason {
+					t.Fatalf("audit = %+v, want one denied record with reason %s", items, rw.reason)
 				}
 				if strings.Contains(string(items[0].Detail), tok) {
 					t.Errorf("audit holds the subject token")
@@ -259,4 +291,43 @@ func unsigned(c envelope.Claims) string {
 	payload, _ := json.Marshal(c)
 	h := b64(`{"alg":"none","typ":"eie+jwt","kid":"` + c.Issuer + `-key1"}`)
 	return h + "." + b64(string(payload)) + "."
+}
+
+// TestRefusalAfterSignatureRecordsIdentities: once an envelope's signature has verified, its
+// claims are the client's own statement, so a refusal by a later check is audited with the
+// identities they name (SPEC §8), not as an anonymous denial.
+func TestRefusalAfterSignatureRecordsIdentities(t *testing.T) {
+	e := newEnv(t, openSQLite(t))
+	c := e.claims(clientID)
+	c.Actor = envelope.Actor{Type: envelope.ActorService, Sub: "batch", Tenant: tenant}
+	c.Session = envelope.Session{ID: "sess_svc", TraceID: "trace_svc"}
+	c.IssuedAt, c.ExpiresAt, c.JTI, c.Agent.ClientID = e.clock.Now(), e.clock.Now().Add(time.Minute), "eie_svc", clientID
+	r := e.post("/oauth2/token", clientID, exchangeForm(e.rawEnvelope(clientID, c), ordersAPI))
+	wantError(t, r, 400, "invalid_request")
+	items, _, err := e.store.ListAudit(context.Background(), storage.AuditFilter{Event: exchange.EventTokenExchange})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != 1 {
+		t.Fatalf("audit = %+v, want one record", items)
+	}
+	got := items[0]
+	if got.Reason != "envelope_bad_value" || got.ActorType != envelope.ActorService || got.ActorSub != "batch" ||
+		got.Tenant != tenant || got.AgentID != agentID || got.TraceID != "trace_svc" || got.SessionID != "sess_svc" ||
+		got.DelegationMode != envelope.ModeOnBehalfOf || got.EnvelopeJTI != c.JTI {
+		t.Errorf("audit record %+v lacks the envelope's identities", got)
+	}
+
+	// Before the signature verified, nothing the envelope says is recorded.
+	forged := e.claims(clientID)
+	forged.Actor.Sub = "ceo"
+	r = e.post("/oauth2/token", clientID, exchangeForm(unsigned(forged), ordersAPI))
+	wantError(t, r, 400, "invalid_request")
+	items, _, err = e.store.ListAudit(context.Background(), storage.AuditFilter{Event: exchange.EventTokenExchange, ActorSub: "ceo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != 0 {
+		t.Errorf("an unsigned envelope's actor reached the audit log: %+v", items)
+	}
 }

@@ -33,7 +33,11 @@ const (
 type Error struct {
 	Reason      string
 	Description string
-	cause       error
+	// Claims are the envelope's claims when its signature verified and a later check refused
+	// it: they are authentic (the client signed them), so Mandate records the identities they
+	// name with the refusal (SPEC §8). Nil when the refusal came before or at the signature.
+	Claims *Claims
+	cause  error
 }
 
 func (e *Error) Error() string {

@@ -174,6 +174,10 @@ func (v *Verifier) Verify(ctx context.Context, raw string, c Client) (*Claims, e
 		return nil, refusef(ReasonBadFormat, err, "the envelope claims are not a JSON object with members of the expected types")
 	}
 	if err := v.checkClaims(claims, c); err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			e.Claims = claims
+		}
 		return nil, err
 	}
 	return claims, nil
@@ -379,6 +383,11 @@ func checkMembers(cl *Claims) error {
 		return refuse(ReasonMissingMember, "the envelope has no session.id")
 	case cl.Delegation.Mode == "":
 		return refuse(ReasonMissingMember, "the envelope has no delegation.mode")
+	}
+	if cl.Actor.Sub == "*" {
+		// In a grant "*" means every user of a tenant; as an actor it would be a wildcard
+		// identity that a downstream API could mistake for a user of that name.
+		return refuse(ReasonBadValue, `the envelope actor.sub must not be "*"`)
 	}
 	if cl.Actor.Type != ActorUser && cl.Actor.Type != ActorService {
 		return refuse(ReasonBadValue, `the envelope actor.type must be "user" or "service"`)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mandatehq/mandate/envelope"
 	"github.com/mandatehq/mandate/storage"
@@ -207,13 +208,10 @@ func (s *Service) exchange(ctx context.Context, now time.Time, req Request, rec 
 
 	// 3. The envelope (SPEC §3). The verifier checks signature, issuer, audience, times,
 	// lifetime and members; tenants and the act chain are policy, checked here.
-	env, err := s.verifyEnvelope(ctx, req)
+	env, err := s.verifyEnvelope(ctx, req, rec)
 	if err != nil {
 		return nil, err
 	}
-	rec.AgentID, rec.ActorSub, rec.Tenant = env.Agent.ID, env.Actor.Sub, env.Actor.Tenant
-	rec.DelegationMode, rec.TraceID, rec.SessionID = env.Delegation.Mode, env.Session.TraceID, env.Session.ID
-	rec.EnvelopeJTI = env.JTI
 	if len(c.AllowedTenants) > 0 && !slices.Contains(c.AllowedTenants, env.Actor.Tenant) {
 		return nil, deny(CodeInvalidRequest, ReasonTenantNotAllowed,
 			"the envelope's tenant is not allowed for this client")
@@ -259,6 +257,13 @@ func (s *Service) exchange(ctx context.Context, now time.Time, req Request, rec 
 		if mode != envelope.ModeServiceIdentity {
 			return nil, deny(CodeInvalidRequest, ReasonServiceActorMode,
 				"a service actor must use the service_identity delegation mode")
+		}
+		// A service actor needs no grant, so it must be an explicit permission of the client:
+		// narrowing lists (allowed_audiences, allowed_scopes) alone must never let a client
+		// name any actor it likes in any tenant (SPEC §4, §7).
+		if !slices.Contains(c.ServiceActors, env.Actor.Sub) || !slices.Contains(c.AllowedTenants, env.Actor.Tenant) {
+			return nil, deny(CodeInvalidRequest, ReasonServiceActorNotAllowed,
+				"the client may not present this service actor in this tenant")
 		}
 		// The client's allowed_scopes are the whole permission here: empty allows none.
 		eff := intersect(intersect(env.Authorization.Scopes, aud.Scopes, nil), c.AllowedScopes, nil)
@@ -315,7 +320,8 @@ func (s *Service) exchange(ctx context.Context, now time.Time, req Request, rec 
 	claims := TokenClaims{
 		Issuer: s.cfg.Issuer, Audience: aud.ID, IssuedAt: iat.Unix(), ExpiresAt: iat.Add(ttl).Unix(),
 		JTI: storage.NewID("at"), ClientID: c.ID, Scope: strings.Join(scopes, " "),
-		Tenant: env.Actor.Tenant, DelegationMode: mode, ActorSub: env.Actor.Sub, AgentID: env.Agent.ID,
+		Tenant: env.Actor.Tenant, DelegationMode: mode, ActorType: env.Actor.Type, ActorSub: env.Actor.Sub,
+		AgentID: env.Agent.ID,
 		TraceID: env.Session.TraceID, SessionID: env.Session.ID,
 	}
 	if grant != nil {
@@ -375,10 +381,12 @@ func (s *Service) conflict(ctx context.Context, grant *storage.Grant) error {
 	return deny(CodeInvalidRequest, ReasonReplay, "envelope already used for this audience")
 }
 
-func (s *Service) verifyEnvelope(ctx context.Context, req Request) (*envelope.Claims, error) {
+// verifyEnvelope verifies the subject token and records in rec the identities it names, also
+// when a check after its signature refused it (SPEC §8): those claims are the client's own.
+func (s *Service) verifyEnvelope(ctx context.Context, req Request, rec *storage.AuditRecord) (*envelope.Claims, error) {
 	ks, err := s.keySets.For(req.Client)
 	if err != nil {
-		return nil, fail(CodeInvalidRequest, "client_keys_invalid",
+		return nil, fail(CodeInvalidRequest, ReasonClientKeysInvalid,
 			"the client has no usable keys registered to verify the envelope", err)
 	}
 	env, err := s.verifier.Verify(ctx, req.SubjectToken, envelope.Client{
@@ -387,7 +395,10 @@ func (s *Service) verifyEnvelope(ctx context.Context, req Request) (*envelope.Cl
 	if err != nil {
 		var ee *envelope.Error
 		if !errors.As(err, &ee) {
-			return nil, fail(CodeServerError, "envelope_verification_failed", "the envelope could not be verified", err)
+			return nil, fail(CodeServerError, ReasonInternalError, "the envelope could not be verified", err)
+		}
+		if ee.Claims != nil {
+			recordEnvelope(rec, ee.Claims)
 		}
 		if ee.Reason == envelope.ReasonKeysUnavailable {
 			return nil, fail(CodeTemporarilyUnavailable, ReasonKeysUnavailable,
@@ -395,7 +406,15 @@ func (s *Service) verifyEnvelope(ctx context.Context, req Request) (*envelope.Cl
 		}
 		return nil, fail(CodeInvalidRequest, "envelope_"+ee.Reason, "invalid subject_token: "+ee.Description, err)
 	}
+	recordEnvelope(rec, env)
 	return env, nil
+}
+
+// recordEnvelope copies the envelope's identities into the exchange's audit record.
+func recordEnvelope(rec *storage.AuditRecord, env *envelope.Claims) {
+	rec.AgentID, rec.ActorType, rec.ActorSub, rec.Tenant = clip(env.Agent.ID), clip(env.Actor.Type), clip(env.Actor.Sub), clip(env.Actor.Tenant)
+	rec.DelegationMode, rec.TraceID, rec.SessionID = clip(env.Delegation.Mode), clip(env.Session.TraceID), clip(env.Session.ID)
+	rec.EnvelopeJTI = clip(env.JTI)
 }
 
 // resolveTarget maps every audience and resource value to one registered audience.
@@ -455,7 +474,7 @@ func (s *Service) sign(claims *TokenClaims) (string, error) {
 func (s *Service) audit(ctx context.Context, now time.Time, rec *storage.AuditRecord, err error) {
 	e := AsError(err)
 	if e == nil {
-		e = fail(CodeServerError, "internal_error", "", err)
+		e = fail(CodeServerError, ReasonInternalError, "", err)
 	}
 	rec.ID, rec.Time, rec.Reason = storage.NewID("evt"), now, e.Reason
 	rec.Outcome = storage.OutcomeDenied
@@ -477,11 +496,31 @@ func replayKey(clientID, jti, audience string) string {
 	return fmt.Sprintf("eie|%d:%s|%d:%s|%s", len(clientID), clientID, len(jti), jti, audience)
 }
 
-// clip bounds request-supplied strings copied into the audit log.
-func clip(s string) string {
-	const maxLen = 256
-	if len(s) > maxLen {
-		return s[:maxLen]
+// clip makes a request-supplied string fit for the audit log: AuditText at 256 bytes.
+func clip(s string) string { return AuditText(s, 256) }
+
+// AuditText makes untrusted text safe to store: invalid UTF-8 and control characters become
+// U+FFFD (Postgres refuses NUL, and control characters can forge log lines), and it is
+// clipped to max bytes on a character boundary.
+func AuditText(s string, max int) string {
+	clean := len(s) <= max
+	for i := 0; clean && i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f || c >= utf8.RuneSelf {
+			clean = false
+		}
 	}
-	return s
+	if clean {
+		return s // the common case: short ASCII, no copy
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			r = utf8.RuneError
+		}
+		if b.Len()+utf8.RuneLen(r) > max {
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -40,14 +40,17 @@ type TokenClaims struct {
 	ClientID  string `json:"client_id"`
 	Scope     string `json:"scope"`
 
-	Tenant         string        `json:"tenant,omitempty"`
-	DelegationMode string        `json:"delegation_mode,omitempty"`
-	ActorSub       string        `json:"actor_sub,omitempty"`
-	AgentID        string        `json:"agent_id,omitempty"`
-	TraceID        string        `json:"trace_id,omitempty"`
-	SessionID      string        `json:"session_id,omitempty"`
-	GrantID        string        `json:"grant_id,omitempty"`
-	Act            *envelope.Act `json:"act,omitempty"`
+	Tenant         string `json:"tenant,omitempty"`
+	DelegationMode string `json:"delegation_mode,omitempty"`
+	// ActorType is user or service (SPEC §5): a downstream API must never read a service
+	// actor's actor_sub as a user. Absent from client_credentials tokens, which have no actor.
+	ActorType string        `json:"actor_type,omitempty"`
+	ActorSub  string        `json:"actor_sub,omitempty"`
+	AgentID   string        `json:"agent_id,omitempty"`
+	TraceID   string        `json:"trace_id,omitempty"`
+	SessionID string        `json:"session_id,omitempty"`
+	GrantID   string        `json:"grant_id,omitempty"`
+	Act       *envelope.Act `json:"act,omitempty"`
 }
 
 // AppendJSON appends c as json.Marshal would encode it (same members, order, omissions and
@@ -71,7 +74,8 @@ func (c *TokenClaims) AppendJSON(b []byte) []byte {
 	b = append(b, `,"scope":`...)
 	b = AppendJSONString(b, c.Scope)
 	for _, m := range [...]struct{ name, v string }{
-		{`,"tenant":`, c.Tenant}, {`,"delegation_mode":`, c.DelegationMode}, {`,"actor_sub":`, c.ActorSub},
+		{`,"tenant":`, c.Tenant}, {`,"delegation_mode":`, c.DelegationMode},
+		{`,"actor_type":`, c.ActorType}, {`,"actor_sub":`, c.ActorSub},
 		{`,"agent_id":`, c.AgentID}, {`,"trace_id":`, c.TraceID}, {`,"session_id":`, c.SessionID},
 		{`,"grant_id":`, c.GrantID},
 	} {

@@ -127,11 +127,14 @@ type Client struct {
 	AllowedAudiences        []string
 	AllowedScopes           []string
 	AllowedModes            []string
-	MaxEnvelopeLifetime     time.Duration // 0: the default
-	MaxTokenTTL             time.Duration // 0: no client limit
-	Disabled                bool
-	CreatedAt               time.Time
-	UpdatedAt               time.Time
+	// ServiceActors are the actor.sub values the client may present with actor.type
+	// "service" (SPEC §4, §7); empty: none.
+	ServiceActors       []string
+	MaxEnvelopeLifetime time.Duration // 0: the default
+	MaxTokenTTL         time.Duration // 0: no client limit
+	Disabled            bool
+	CreatedAt           time.Time
+	UpdatedAt           time.Time
 }
 
 // ClientStore keeps clients.
@@ -383,6 +386,7 @@ type AuditRecord struct {
 	Reason          string // a stable reason code
 	ClientID        string
 	AgentID         string
+	ActorType       string // user | service, when the record is about an envelope's actor
 	ActorSub        string
 	Tenant          string
 	DelegationMode  string

@@ -21,21 +21,6 @@ import (
 	"time"
 )
 
-const adminUsage = `Usage: mandate <resource> <verb> [arguments] [flags]
-
-  clients   list | get ID | create | update ID | delete ID | rotate-secret ID [--grace 1h]
-  audiences list | get ID | create --id ID | update ID | delete ID
-  grants    list | get ID | create | revoke ID --reason TEXT
-  keys      list | rotate
-  audit     list
-
-Every command takes --admin-url (MANDATE_ADMIN_URL, default http://127.0.0.1:8081) and --json
-(print the API's JSON instead of a table). Credentials come from the environment:
-MANDATE_ADMIN_CLIENT_ID (default mandate-admin) and MANDATE_ADMIN_CLIENT_SECRET, exchanged for a
-token at MANDATE_ISSUER/oauth2/token (default http://localhost:8080); or MANDATE_ADMIN_TOKEN, a
-bearer token used as is. Run "mandate <resource> <verb> -h" for a command's flags.
-`
-
 // adminCmd is one resource verb.
 type adminCmd struct {
 	args string // positional arguments, for usage ("" or "ID")
@@ -87,40 +72,49 @@ var adminCommands = map[string]map[string]adminCmd{
 // runAdmin runs `mandate <resource> <verb> ...`; args starts with the resource.
 func runAdmin(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, adminUsage)
+		printUsage(stderr)
 		return usagef("admin: name a resource")
 	}
 	verbs, ok := adminCommands[args[0]]
 	if !ok {
-		fmt.Fprint(stderr, adminUsage)
+		printUsage(stderr)
 		return usagef("unknown resource %q", args[0])
 	}
 	resource, rest := args[0], args[1:]
+	if len(rest) > 0 && isHelp(rest[0]) {
+		printGroup(stdout, resource, adminVerbSummaries[resource])
+		return nil
+	}
 	verb := "list"
 	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		verb, rest = rest[0], rest[1:]
 	}
-	if verb == "help" {
-		fmt.Fprint(stdout, adminUsage)
-		return nil
-	}
 	cmd, ok := verbs[verb]
 	if !ok {
-		fmt.Fprint(stderr, adminUsage)
+		printGroup(stderr, resource, adminVerbSummaries[resource])
 		return usagef("unknown command %q for %s", verb, resource)
 	}
 
 	name := "mandate " + resource + " " + verb
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned as usage errors; -h prints below
-	adminURL := fs.String("admin-url", envOr(getenv, "MANDATE_ADMIN_URL", "http://127.0.0.1:8081"), "admin listener URL [MANDATE_ADMIN_URL]")
+	adminURL := fs.String("admin-url", envOr(getenv, "MANDATE_ADMIN_URL", "http://127.0.0.1:8081"), "admin listener URL")
 	asJSON := fs.Bool("json", false, "print the API's JSON answer")
 	build := cmd.flags(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(stdout, "Usage: %s %s[flags]\n\nFlags:\n", name, cmd.args+strings.Repeat(" ", min(len(cmd.args), 1)))
-		fs.SetOutput(stdout)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
+		var summary string
+		for _, v := range adminVerbSummaries[resource] {
+			if strings.Fields(v[0])[0] == verb {
+				summary = strings.ToUpper(v[1][:1]) + v[1][1:] + ", over the admin API."
+			}
+		}
+		titleLine(stdout, name+" "+cmd.args+strings.Repeat(" ", min(len(cmd.args), 1))+"[flags]", summary)
+		printFlags(stdout, fs, func(f string) string {
+			if f == "admin-url" {
+				return "MANDATE_ADMIN_URL"
+			}
+			return ""
+		}, adminEnv)
 	}
 	line, err := parseInterleaved(fs, rest)
 	if err != nil {
@@ -512,6 +506,7 @@ func clientFlags(create bool) func(fs *flag.FlagSet) func(*cmdLine) (string, str
 		b.list("audience", "allowed_audiences", "allowed audience")
 		b.list("scope", "allowed_scopes", "allowed scope")
 		b.list("mode", "allowed_modes", "allowed mode: on_behalf_of, service_identity, restricted_user")
+		b.list("service-actor", "service_actors", "actor.sub the client may present as a service actor (needs --tenant)")
 		b.seconds("max-envelope-lifetime", "max_envelope_lifetime", "longest envelope lifetime, at most 3600")
 		b.seconds("max-token-ttl", "max_token_ttl", "longest token lifetime")
 		b.boolean("disabled", "disabled", "disable the client (--disabled=false enables it)")
@@ -622,7 +617,7 @@ var (
 	auditColumns    = []column{{"TIME", "time"}, {"EVENT", "event"}, {"OUTCOME", "outcome"}, {"REASON", "reason"}, {"CLIENT", "client_id"}, {"ACTOR", "actor_sub"}, {"TENANT", "tenant"}, {"AUDIENCE", "audience"}, {"TRACE", "trace_id"}}
 
 	clientFields = []string{"client_id", "client_secret", "name", "token_endpoint_auth_method", "grant_types", "jwks_uri", "jwks",
-		"allowed_tenants", "allowed_audiences", "allowed_scopes", "allowed_modes", "max_envelope_lifetime", "max_token_ttl",
+		"allowed_tenants", "allowed_audiences", "allowed_scopes", "allowed_modes", "service_actors", "max_envelope_lifetime", "max_token_ttl",
 		"disabled", "previous_secret_expires_at", "created_at", "updated_at"}
 	audienceFields = []string{"id", "name", "resource_uris", "scopes", "allowed_modes", "token_ttl", "created_at", "updated_at"}
 	grantFields    = []string{"id", "status", "tenant", "subject", "client_id", "agent_id", "audiences", "scopes", "modes",

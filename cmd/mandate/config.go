@@ -2,7 +2,6 @@ package main
 
 import (
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
@@ -49,8 +48,10 @@ func isPostgres(db string) bool {
 
 // flagEnv binds flag names to their environment variables.
 type flagEnv struct {
-	fs  *flag.FlagSet
-	env map[string]string // flag name → variable
+	fs      *flag.FlagSet
+	env     map[string]string // flag name → variable
+	summary string            // one line for --help
+	vars    []envVar          // variables read without a flag, for --help
 }
 
 func newFlagSet(name string, stdout io.Writer) *flagEnv {
@@ -58,20 +59,19 @@ func newFlagSet(name string, stdout io.Writer) *flagEnv {
 	fs.SetOutput(io.Discard) // errors are ours to word; -h prints below
 	fe := &flagEnv{fs: fs, env: map[string]string{}}
 	fs.Usage = func() {
-		fmt.Fprintf(stdout, "Usage: mandate %s [flags]\n\nFlags (each also read from its variable):\n", name)
-		fs.VisitAll(func(f *flag.Flag) {
-			def := ""
-			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" {
-				def = fmt.Sprintf(" (default %s)", f.DefValue)
-			}
-			env := ""
-			if fe.env[f.Name] != "" {
-				env = " [" + fe.env[f.Name] + "]"
-			}
-			fmt.Fprintf(stdout, "  --%-20s %s%s%s\n", f.Name, f.Usage, def, env)
-		})
+		summary := fe.summary
+		if summary == "" {
+			summary = summaryOf(name)
+		}
+		titleLine(stdout, "mandate "+name+" [flags]", summary)
+		printFlags(stdout, fs, func(f string) string { return fe.env[f] }, fe.vars)
 	}
 	return fe
+}
+
+// describe sets what --help says besides the flags.
+func (fe *flagEnv) describe(summary string, vars ...envVar) {
+	fe.summary, fe.vars = summary, vars
 }
 
 func (fe *flagEnv) string(p *string, name, env, def, usage string) {
@@ -121,6 +121,9 @@ func (fe *flagEnv) parse(args []string, getenv func(string) string) error {
 func parseServeConfig(args []string, getenv func(string) string, stdout io.Writer) (*config, error) {
 	c := &config{}
 	fe := newFlagSet("serve", stdout)
+	fe.describe("Runs Mandate: the public listener (token, introspection, revocation, metadata, JWKS,\n"+
+		"health) and the admin listener (/admin/v1, /metrics). With no flags it uses the SQLite file\n"+
+		"mandate.db and prints the bootstrap admin credentials on its first start.", serveEnv...)
 	c.bindShared(fe)
 	fe.string(&c.Issuer, "issuer", "MANDATE_ISSUER", "http://localhost:8080", "issuer URL (no trailing slash); envelopes' aud must equal it")
 	fe.string(&c.PublicAddr, "public-addr", "MANDATE_PUBLIC_ADDR", ":8080", "public listener: token, introspection, revocation, metadata, JWKS")

@@ -368,6 +368,7 @@ func provision(t *testing.T, s *e2eServer) *fixture {
 	f.main = s.createClient(t, map[string]any{
 		"client_id": "mcp-main", "name": "Main MCP server", "grant_types": []string{grantTE},
 		"allowed_tenants": []string{"acme"}, "allowed_audiences": clientAuds, "allowed_scopes": clientScopes,
+		"service_actors": []string{"svc_batch"},
 	})
 	f.post = s.createClient(t, map[string]any{
 		"client_id": "mcp-post", "token_endpoint_auth_method": "client_secret_post", "grant_types": []string{grantTE},
@@ -592,7 +593,7 @@ func TestE2EDecisionTable(t *testing.T) {
 				status: 400, code: "invalid_request", reason: "envelope_bad_format"},
 			{name: "envelope over 8 KiB",
 				form:   func(t *testing.T, tr string) url.Values { return teForm(strings.Repeat("a", 8193), "orders_api") },
-				status: 400, code: "invalid_request", reason: "malformed_request"},
+				status: 400, code: "invalid_request", reason: "subject_token_too_large"},
 			{name: "envelope for another issuer",
 				form: func(t *testing.T, tr string) url.Values {
 					return teForm(env(t, tr, func(c *envelope.Claims) { c.Audience = envelope.Audience{"https://elsewhere.example"} }), "orders_api")
@@ -890,7 +891,7 @@ func TestE2EModesAndClaims(t *testing.T) {
 				want := map[string]any{
 					"iss": s.issuer, "sub": tc.sub, "aud": tc.audience, "client_id": tc.client.ID, "scope": tc.scope,
 					"tenant": tc.claims.Actor.Tenant, "delegation_mode": tc.claims.Delegation.Mode,
-					"actor_sub": tc.claims.Actor.Sub, "agent_id": tc.claims.Agent.ID,
+					"actor_type": tc.claims.Actor.Type, "actor_sub": tc.claims.Actor.Sub, "agent_id": tc.claims.Agent.ID,
 					"trace_id": tc.claims.Session.TraceID, "session_id": tc.claims.Session.ID,
 				}
 				for k, v := range want {

@@ -10,14 +10,14 @@ import (
 
 const auditCols = `id, time, event, outcome, reason, client_id, agent_id, actor_sub, tenant,
 	delegation_mode, trace_id, session_id, audience, requested_scopes, granted_scopes,
-	envelope_jti, token_jti, grant_id, remote_addr, detail`
+	envelope_jti, token_jti, grant_id, remote_addr, detail, actor_type`
 
 func scanAudit(r rowScanner) (*storage.AuditRecord, error) {
 	var a storage.AuditRecord
 	err := r.Scan(&a.ID, timeCol{&a.Time}, &a.Event, &a.Outcome, &a.Reason, &a.ClientID,
 		&a.AgentID, &a.ActorSub, &a.Tenant, &a.DelegationMode, &a.TraceID, &a.SessionID,
 		&a.Audience, &a.RequestedScopes, &a.GrantedScopes, &a.EnvelopeJTI, &a.TokenJTI,
-		&a.GrantID, &a.RemoteAddr, &a.Detail)
+		&a.GrantID, &a.RemoteAddr, &a.Detail, &a.ActorType)
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -27,21 +27,21 @@ func scanAudit(r rowScanner) (*storage.AuditRecord, error) {
 }
 
 // auditArgs are r's columns in auditCols order.
-func auditArgs(r *storage.AuditRecord) []any { return appendAuditArgs(make([]any, 0, 20), r) }
+func auditArgs(r *storage.AuditRecord) []any { return appendAuditArgs(make([]any, 0, 21), r) }
 
 // appendAuditArgs appends r's columns, in auditCols order, to args.
 func appendAuditArgs(args []any, r *storage.AuditRecord) []any {
 	return append(args, r.ID, ts(r.Time), r.Event, r.Outcome, r.Reason, r.ClientID, r.AgentID,
 		r.ActorSub, r.Tenant, r.DelegationMode, r.TraceID, r.SessionID, r.Audience,
 		list(r.RequestedScopes), list(r.GrantedScopes), r.EnvelopeJTI, r.TokenJTI, r.GrantID,
-		r.RemoteAddr, nullBytes(r.Detail))
+		r.RemoteAddr, nullBytes(r.Detail), r.ActorType)
 }
 
 // AppendAudit implements storage.AuditStore.
 func (s *Store) AppendAudit(ctx context.Context, r *storage.AuditRecord) error {
 	return s.write(ctx, func(q querier) error {
 		_, err := q.Exec(ctx, `INSERT INTO audit_log (`+auditCols+`) VALUES
-			($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`,
+			($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`,
 			auditArgs(r)...)
 		return mapErr(err)
 	})

@@ -9,7 +9,7 @@ import (
 const clientCols = `id, name, token_endpoint_auth_method, secret_hash, previous_secret_hash,
 	previous_secret_expires_at, jwks, jwks_uri, grant_types, allowed_tenants, allowed_audiences,
 	allowed_scopes, allowed_modes, max_envelope_lifetime_seconds, max_token_ttl_seconds, disabled,
-	created_at, updated_at`
+	created_at, updated_at, service_actors`
 
 func scanClient(r rowScanner) (*storage.Client, error) {
 	var c storage.Client
@@ -17,14 +17,15 @@ func scanClient(r rowScanner) (*storage.Client, error) {
 		&c.PreviousSecretHash, timeCol{&c.PreviousSecretExpiresAt}, &c.JWKS, &c.JWKSURI,
 		&c.GrantTypes, &c.AllowedTenants, &c.AllowedAudiences, &c.AllowedScopes, &c.AllowedModes,
 		secondsCol{&c.MaxEnvelopeLifetime}, secondsCol{&c.MaxTokenTTL}, &c.Disabled,
-		timeCol{&c.CreatedAt}, timeCol{&c.UpdatedAt})
+		timeCol{&c.CreatedAt}, timeCol{&c.UpdatedAt}, &c.ServiceActors)
 	if err != nil {
 		return nil, mapErr(err)
 	}
 	c.SecretHash = nullBytes(c.SecretHash)
 	c.PreviousSecretHash = nullBytes(c.PreviousSecretHash)
 	c.JWKS = nullBytes(c.JWKS)
-	nilEmpty(&c.GrantTypes, &c.AllowedTenants, &c.AllowedAudiences, &c.AllowedScopes, &c.AllowedModes)
+	nilEmpty(&c.GrantTypes, &c.AllowedTenants, &c.AllowedAudiences, &c.AllowedScopes, &c.AllowedModes,
+		&c.ServiceActors)
 	return &c, nil
 }
 
@@ -34,14 +35,14 @@ func clientArgs(c *storage.Client) []any {
 		nullBytes(c.PreviousSecretHash), nullTS(c.PreviousSecretExpiresAt), nullBytes(c.JWKS),
 		c.JWKSURI, list(c.GrantTypes), list(c.AllowedTenants), list(c.AllowedAudiences),
 		list(c.AllowedScopes), list(c.AllowedModes), seconds(c.MaxEnvelopeLifetime),
-		seconds(c.MaxTokenTTL), c.Disabled, ts(c.CreatedAt), ts(c.UpdatedAt)}
+		seconds(c.MaxTokenTTL), c.Disabled, ts(c.CreatedAt), ts(c.UpdatedAt), list(c.ServiceActors)}
 }
 
 // CreateClient implements storage.ClientStore.
 func (s *Store) CreateClient(ctx context.Context, c *storage.Client) error {
 	return s.write(ctx, func(q querier) error {
 		_, err := q.Exec(ctx, `INSERT INTO clients (`+clientCols+`) VALUES
-			($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
+			($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
 			clientArgs(c)...)
 		return mapErr(err)
 	})
@@ -88,7 +89,7 @@ func (s *Store) UpdateClient(ctx context.Context, id string, fn func(*storage.Cl
 			previous_secret_expires_at = $6, jwks = $7, jwks_uri = $8, grant_types = $9,
 			allowed_tenants = $10, allowed_audiences = $11, allowed_scopes = $12,
 			allowed_modes = $13, max_envelope_lifetime_seconds = $14, max_token_ttl_seconds = $15,
-			disabled = $16, created_at = $17, updated_at = $18
+			disabled = $16, created_at = $17, updated_at = $18, service_actors = $19
 			WHERE id = $1 RETURNING `+clientCols, clientArgs(c)...))
 		return err
 	})

@@ -59,7 +59,7 @@ const recordIssuance = `WITH g AS (
 )
 INSERT INTO audit_log (` + auditCols + `, token_expires_at, replay_key)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-	$20, $21, $22
+	$20, $21, $22, $23
 WHERE $18::text = '' OR EXISTS (SELECT 1 FROM g)`
 
 // RecordIssuance implements storage.Store in one statement, hence one round trip on a warm
@@ -68,7 +68,7 @@ func (s *Store) RecordIssuance(ctx context.Context, iss storage.Issuance) error 
 	if err := storage.CheckIssuance(&iss); err != nil {
 		return err
 	}
-	args := make([]any, 0, 22)
+	args := make([]any, 0, 23)
 	args = appendAuditArgs(args, &iss.Audit)
 	args = append(args, ts(iss.TokenExpiresAt), iss.ReplayKey)
 	return s.write(ctx, func(q querier) error {

@@ -10,14 +10,14 @@ import (
 
 const auditCols = `id, time, event, outcome, reason, client_id, agent_id, actor_sub, tenant,
 	delegation_mode, trace_id, session_id, audience, requested_scopes, granted_scopes,
-	envelope_jti, token_jti, grant_id, remote_addr, detail`
+	envelope_jti, token_jti, grant_id, remote_addr, detail, actor_type`
 
 func scanAudit(r rowScanner) (*storage.AuditRecord, error) {
 	var a storage.AuditRecord
 	err := r.Scan(&a.ID, timeCol{&a.Time}, &a.Event, &a.Outcome, &a.Reason, &a.ClientID,
 		&a.AgentID, &a.ActorSub, &a.Tenant, &a.DelegationMode, &a.TraceID, &a.SessionID,
 		&a.Audience, listCol{&a.RequestedScopes}, listCol{&a.GrantedScopes}, &a.EnvelopeJTI,
-		&a.TokenJTI, &a.GrantID, &a.RemoteAddr, bytesCol{&a.Detail})
+		&a.TokenJTI, &a.GrantID, &a.RemoteAddr, bytesCol{&a.Detail}, &a.ActorType)
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -31,13 +31,13 @@ func (s *Store) AppendAudit(ctx context.Context, r *storage.AuditRecord) error {
 }
 
 const insertAudit = `INSERT INTO audit_log (` + auditCols + `)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 func auditArgs(r *storage.AuditRecord) []any {
 	return []any{r.ID, micros(r.Time), r.Event, r.Outcome, r.Reason, r.ClientID, r.AgentID,
 		r.ActorSub, r.Tenant, r.DelegationMode, r.TraceID, r.SessionID, r.Audience,
 		list(r.RequestedScopes), list(r.GrantedScopes), r.EnvelopeJTI, r.TokenJTI, r.GrantID,
-		r.RemoteAddr, nullText(r.Detail)}
+		r.RemoteAddr, nullText(r.Detail), r.ActorType}
 }
 
 // ListAudit implements storage.AuditStore: newest first by (time, id).

@@ -10,7 +10,7 @@ import (
 const clientCols = `id, name, token_endpoint_auth_method, secret_hash, previous_secret_hash,
 	previous_secret_expires_at, jwks, jwks_uri, grant_types, allowed_tenants, allowed_audiences,
 	allowed_scopes, allowed_modes, max_envelope_lifetime_seconds, max_token_ttl_seconds, disabled,
-	created_at, updated_at`
+	created_at, updated_at, service_actors`
 
 type rowScanner interface{ Scan(dest ...any) error }
 
@@ -20,7 +20,8 @@ func scanClient(r rowScanner) (*storage.Client, error) {
 		bytesCol{&c.PreviousSecretHash}, timeCol{&c.PreviousSecretExpiresAt}, bytesCol{&c.JWKS},
 		&c.JWKSURI, listCol{&c.GrantTypes}, listCol{&c.AllowedTenants}, listCol{&c.AllowedAudiences},
 		listCol{&c.AllowedScopes}, listCol{&c.AllowedModes}, secondsCol{&c.MaxEnvelopeLifetime},
-		secondsCol{&c.MaxTokenTTL}, &c.Disabled, timeCol{&c.CreatedAt}, timeCol{&c.UpdatedAt})
+		secondsCol{&c.MaxTokenTTL}, &c.Disabled, timeCol{&c.CreatedAt}, timeCol{&c.UpdatedAt},
+		listCol{&c.ServiceActors})
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -33,13 +34,14 @@ func clientArgs(c *storage.Client) []any {
 		nullBlob(c.PreviousSecretHash), nullMicros(c.PreviousSecretExpiresAt), nullText(c.JWKS),
 		c.JWKSURI, list(c.GrantTypes), list(c.AllowedTenants), list(c.AllowedAudiences),
 		list(c.AllowedScopes), list(c.AllowedModes), seconds(c.MaxEnvelopeLifetime),
-		seconds(c.MaxTokenTTL), c.Disabled, micros(c.CreatedAt), micros(c.UpdatedAt)}
+		seconds(c.MaxTokenTTL), c.Disabled, micros(c.CreatedAt), micros(c.UpdatedAt),
+		list(c.ServiceActors)}
 }
 
 // CreateClient implements storage.ClientStore.
 func (s *Store) CreateClient(ctx context.Context, c *storage.Client) error {
 	_, err := s.writer().ExecContext(ctx, `INSERT INTO clients (`+clientCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, clientArgs(c)...)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, clientArgs(c)...)
 	return mapErr(err)
 }
 
@@ -91,7 +93,7 @@ func (s *Store) UpdateClient(ctx context.Context, id string, fn func(*storage.Cl
 			previous_secret_expires_at = ?, jwks = ?, jwks_uri = ?, grant_types = ?,
 			allowed_tenants = ?, allowed_audiences = ?, allowed_scopes = ?, allowed_modes = ?,
 			max_envelope_lifetime_seconds = ?, max_token_ttl_seconds = ?, disabled = ?,
-			created_at = ?, updated_at = ?
+			created_at = ?, updated_at = ?, service_actors = ?
 			WHERE id = ? RETURNING `+clientCols, append(args[1:], id)...))
 		return err
 	})

@@ -118,7 +118,7 @@ func testAuditRoundTrip(t *testing.T, s storage.Store) {
 	now := testNow()
 	full := &storage.AuditRecord{
 		ID: "evt_full", Time: now, Event: "admin.client.update", Outcome: storage.OutcomeGranted,
-		Reason: "ok", ClientID: "admin_cli", AgentID: "agent_1", ActorSub: "admin_sub",
+		Reason: "ok", ClientID: "admin_cli", AgentID: "agent_1", ActorType: "service", ActorSub: "admin_sub",
 		Tenant: "acme", DelegationMode: "service_identity", TraceID: "trace_full",
 		SessionID: "sess_1", Audience: "orders_api",
 		RequestedScopes: []string{"clients:write", "clients:read"},

@@ -38,6 +38,7 @@ func fullClient(id string, now time.Time) *storage.Client {
 		AllowedAudiences:    []string{"orders_api", "https://crm.example/"},
 		AllowedScopes:       []string{"orders:read", "orders:write", "crm.contacts"},
 		AllowedModes:        []string{"on_behalf_of", "restricted_user"},
+		ServiceActors:       []string{"nightly-batch", "svc:reports"},
 		MaxEnvelopeLifetime: 5 * time.Minute,
 		MaxTokenTTL:         15 * time.Minute,
 		Disabled:            true,

@@ -34,6 +34,7 @@ func makeIssuance(jti, replayKey, grantID string, now time.Time) storage.Issuanc
 			ActorSub:        "alice",
 			Tenant:          "acme",
 			DelegationMode:  "on_behalf_of",
+			ActorType:       "user",
 			TraceID:         "trace_" + jti,
 			SessionID:       "sess_789",
 			Audience:        "orders_api",
