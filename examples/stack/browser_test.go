@@ -145,7 +145,9 @@ func TestConsentInABrowser(t *testing.T) {
 	}
 
 	// She approves; the tool call succeeds at once.
-	if err := chromedp.Run(browser, chromedp.Click(`#approve`, chromedp.ByQuery), chromedp.WaitVisible(`main h1`, chromedp.ByQuery)); err != nil {
+	if err := chromedp.Run(browser, chromedp.Click(`#approve`, chromedp.ByQuery),
+		chromedp.WaitNotPresent(`#approve`, chromedp.ByQuery), // the answer page has loaded
+		chromedp.WaitVisible(`ul.links`, chromedp.ByQuery)); err != nil {
 		t.Fatal(err)
 	}
 	if h := text(`main h1`); h != "Approved" {
@@ -199,7 +201,7 @@ func TestConsentInABrowser(t *testing.T) {
 	link = askLink()
 	if err := chromedp.Run(browser,
 		chromedp.Click(`.who button`, chromedp.ByQuery), // Sign out
-		chromedp.WaitVisible(`main h1`, chromedp.ByQuery),
+		chromedp.WaitNotPresent(`.who`, chromedp.ByQuery),
 		chromedp.Navigate(link),
 		signIn("bob"),
 		chromedp.WaitVisible(`main h1`, chromedp.ByQuery),
