@@ -44,7 +44,7 @@ func (s *Server) handleToken() http.Handler {
 		ar, err := s.oauth.NewAccessRequest(ctx, r, &tokenSession{})
 		if err != nil {
 			s.auditRefusal(r, form, err)
-			writeError(w, r, s.log, err)
+			writeErrorFor(w, r, s.log, err, s.issuer)
 			return
 		}
 		resp, err := s.oauth.NewAccessResponse(ctx, ar)

@@ -54,7 +54,10 @@ type Error struct {
 	Code        string
 	Reason      string
 	Description string
-	cause       error
+	// UserMayConsent marks a refusal for lack of a grant where the audience lets users grant
+	// access themselves: the client may ask the user through a grant request (SPEC §11).
+	UserMayConsent bool
+	cause          error
 }
 
 func (e *Error) Error() string {

@@ -43,6 +43,8 @@ type Config struct {
 	DefaultTokenTTL time.Duration
 	// CacheTTL is how long clients and audiences are cached; negative disables the cache.
 	CacheTTL time.Duration
+	// GrantRequestLifetime is how long a grant request can be decided (SPEC §11).
+	GrantRequestLifetime time.Duration
 }
 
 // Deps are the Service's collaborators.
@@ -87,6 +89,9 @@ func New(d Deps, cfg Config) (*Service, error) {
 	}
 	if cfg.CacheTTL == 0 {
 		cfg.CacheTTL = DefaultCacheTTL
+	}
+	if cfg.GrantRequestLifetime <= 0 {
+		cfg.GrantRequestLifetime = DefaultGrantRequestLifetime
 	}
 	s := &Service{store: d.Store, verifier: d.Verifier, keySets: d.KeySets, catalog: d.Catalog,
 		signer: d.Signer, now: d.Now, log: d.Logger, cfg: cfg}
@@ -274,10 +279,15 @@ func (s *Service) exchange(ctx context.Context, now time.Time, req Request, rec 
 			return nil, unavailable(err)
 		}
 		if len(grants) == 0 {
-			return nil, deny(CodeInvalidRequest, ReasonNoActiveGrant,
+			e := deny(CodeInvalidRequest, ReasonNoActiveGrant,
 				"no active delegation grant lets this client act for this user")
+			e.UserMayConsent = aud.AllowsUserConsent()
+			return nil, e
 		}
 		if grant, scopes, err = chooseGrant(grants, aud, mode, env.Authorization.Scopes, c.AllowedScopes, req); err != nil {
+			if e := AsError(err); e != nil && e.Reason == ReasonGrantNotCovering {
+				e.UserMayConsent = aud.AllowsUserConsent()
+			}
 			return nil, err
 		}
 		rec.GrantID = grant.ID

@@ -29,7 +29,11 @@ type config struct {
 	LogLevel         string
 	LogFormat        string
 	Pprof            bool
+	OIDCIssuer       string
+	OIDCClientID     string
+	OIDCTenantClaim  string
 
+	OIDCClientSecret     string // MANDATE_OIDC_CLIENT_SECRET (or MANDATE_OIDC_CLIENT_SECRET_FILE)
 	Secret               string // MANDATE_SECRET
 	SecretFile           string // MANDATE_SECRET_FILE
 	BootstrapAdminSecret string // MANDATE_BOOTSTRAP_ADMIN_SECRET
@@ -132,8 +136,19 @@ func parseServeConfig(args []string, getenv func(string) string, stdout io.Write
 	fe.string(&c.LogLevel, "log-level", "MANDATE_LOG_LEVEL", "info", "debug, info, warn or error")
 	fe.string(&c.LogFormat, "log-format", "MANDATE_LOG_FORMAT", "auto", "text, json, or auto (text on a terminal, JSON otherwise)")
 	fe.bool(&c.Pprof, "pprof", "MANDATE_PPROF", false, "serve /debug/pprof on the admin listener")
+	fe.string(&c.OIDCIssuer, "oidc-issuer", "MANDATE_OIDC_ISSUER", "", "the organisation's OpenID Connect provider, for the consent pages (none: sign-in is off)")
+	fe.string(&c.OIDCClientID, "oidc-client-id", "MANDATE_OIDC_CLIENT_ID", "", "Mandate's client id at that provider (secret: MANDATE_OIDC_CLIENT_SECRET)")
+	fe.string(&c.OIDCTenantClaim, "oidc-tenant-claim", "MANDATE_OIDC_TENANT_CLAIM", "tenant", "the ID token claim naming the user's tenant")
 	if err := fe.parse(args, getenv); err != nil {
 		return nil, err
+	}
+	c.OIDCClientSecret = getenv("MANDATE_OIDC_CLIENT_SECRET")
+	if f := getenv("MANDATE_OIDC_CLIENT_SECRET_FILE"); f != "" && c.OIDCClientSecret == "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, usagef("MANDATE_OIDC_CLIENT_SECRET_FILE: %v", err)
+		}
+		c.OIDCClientSecret = strings.TrimSpace(string(b))
 	}
 	c.Secret = getenv("MANDATE_SECRET")
 	c.SecretFile = getenv("MANDATE_SECRET_FILE")
@@ -183,6 +198,18 @@ func (c *config) validate() error {
 	}
 	if isPostgres(c.Database) && c.Secret == "" && c.SecretFile == "" {
 		return usagef("MANDATE_SECRET is required with a Postgres database (at least 32 characters; or MANDATE_SECRET_FILE)")
+	}
+	if c.OIDCIssuer != "" {
+		u, err := url.Parse(c.OIDCIssuer)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return usagef("invalid --oidc-issuer (MANDATE_OIDC_ISSUER) %q: an absolute http(s) URL", c.OIDCIssuer)
+		}
+		if c.OIDCClientID == "" || c.OIDCClientSecret == "" {
+			return usagef("--oidc-issuer needs --oidc-client-id (MANDATE_OIDC_CLIENT_ID) and MANDATE_OIDC_CLIENT_SECRET")
+		}
+		if c.OIDCTenantClaim == "" {
+			return usagef("--oidc-tenant-claim (MANDATE_OIDC_TENANT_CLAIM) is empty")
+		}
 	}
 	if c.BootstrapAdminSecret != "" && len(c.BootstrapAdminSecret) < 32 {
 		return usagef("MANDATE_BOOTSTRAP_ADMIN_SECRET must be at least 32 characters")
