@@ -98,6 +98,9 @@ type ExchangeError struct {
 	Description string
 	// RetryAfter is Mandate's Retry-After (on 429 and 503 answers); 0 when it sent none.
 	RetryAfter time.Duration
+	// GrantRequestEndpoint is set when the user could lift the refusal by granting access
+	// (SPEC §11): RequestGrant asks them there.
+	GrantRequestEndpoint string
 
 	err error // the network failure, when no answer came
 }
@@ -210,6 +213,20 @@ var reasonKinds = map[string]string{
 	"signing_failed":                          KindUnavailable,
 	"internal_error":                          KindUnavailable,
 	"token_not_issued_to_client":              KindClientError,
+	"invalid_grant_request":                   KindClientError,
+	"audience_requires_admin_consent":         KindClientError,
+	"consent_duration_too_long":               KindClientError,
+	"grant_request_not_found":                 KindClientError,
+	"grant_request_expired":                   KindClientError,
+	"grant_request_already_decided":           KindClientError,
+	"grant_request_changed":                   KindClientError,
+	"consent_wrong_user":                      KindClientError,
+	"consent_wrong_tenant":                    KindClientError,
+	"csrf_check_failed":                       KindClientError,
+	"grant_not_yours":                         KindClientError,
+	"grant_already_revoked":                   KindClientError,
+	"sign_in_failed":                          KindClientError,
+	"sign_in_without_tenant":                  KindClientError,
 }
 
 // retryAfter reads a Retry-After header: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -373,6 +390,7 @@ type tokenResponse struct {
 	Error       string `json:"error"`
 	Description string `json:"error_description"`
 	Reason      string `json:"reason"`
+	GrantReqURL string `json:"grant_request_endpoint"`
 }
 
 const maxTokenResponseBytes = 64 << 10
@@ -448,6 +466,7 @@ func (d *Delegator) exchange(ctx context.Context, id *Identity, audience string,
 		} else {
 			xe.Code, xe.Reason, xe.Description = tr.Error, tr.Reason, tr.Description
 		}
+		xe.GrantRequestEndpoint = tr.GrantReqURL
 		return cachedToken{}, xe
 	}
 	if jsonErr != nil || tr.AccessToken == "" || tr.ExpiresIn <= 0 || !strings.EqualFold(tr.TokenType, "Bearer") {
