@@ -39,6 +39,9 @@ func TestFloodSendsBadCredentialsFromItsSource(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
 		t.Fatalf("%v: %s", err, out.Bytes())
 	}
+	srv.Close() // waits for the handlers still running
+	mu.Lock()
+	defer mu.Unlock()
 	if res.Requests == 0 || res.ByStatus["401"] != res.Requests {
 		t.Errorf("result %+v: want every request answered 401", res)
 	}
