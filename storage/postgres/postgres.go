@@ -19,6 +19,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,6 +56,8 @@ type Store struct {
 	pool *pgxpool.Pool
 	db   querier // pool, or tx on the Store handed to InTx's fn
 	tx   pgx.Tx
+	// channel is where AnnounceChange notifies and WatchChanges listens (see changes.go).
+	channel string
 
 	sqlOnce sync.Once
 	sqlDB   *sql.DB // database/sql view of pool, for goose; made on first use
@@ -108,7 +111,12 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("storage/postgres: %w", err)
 		}
 	}
-	return &Store{pool: pool, db: pool}, nil
+	channel, err := changeChannel(ctx, pool)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("storage/postgres: %w", err)
+	}
+	return &Store{pool: pool, db: pool, channel: channel}, nil
 }
 
 // Migrations returns a goose provider over the Store's pool (same search_path), for
@@ -180,7 +188,7 @@ func (s *Store) InTx(ctx context.Context, fn func(tx storage.Store) error) (err 
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
-	if err := fn(&Store{pool: s.pool, db: tx, tx: tx}); err != nil {
+	if err := fn(&Store{pool: s.pool, db: tx, tx: tx, channel: s.channel}); err != nil {
 		return err
 	}
 	return mapErr(tx.Commit(ctx))
@@ -227,7 +235,21 @@ func mapErr(err error) error {
 	if errors.As(err, &pe) && pe.Code == "23505" { // unique_violation
 		return fmt.Errorf("%w: %s", storage.ErrConflict, pe.ConstraintName)
 	}
+	if unreachable(err) {
+		return fmt.Errorf("%w: storage/postgres: %w", storage.ErrUnavailable, err)
+	}
 	return fmt.Errorf("storage/postgres: %w", err)
+}
+
+// unreachable reports errors that say the database did not answer (rather than refused):
+// no connection, or none in time. 57014 is query_canceled, which is what a statement
+// cancelled at its deadline reports.
+func unreachable(err error) bool {
+	var ce *pgconn.ConnectError
+	var pe *pgconn.PgError
+	var ne net.Error
+	return errors.As(err, &ce) || pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &pe) && pe.Code == "57014") || errors.As(err, &ne)
 }
 
 // notFoundUnlessChanged turns "no row changed" into ErrNotFound.

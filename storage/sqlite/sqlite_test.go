@@ -52,6 +52,14 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestConformanceShared runs the cases that need two processes' handles on one file.
+func TestConformanceShared(t *testing.T) {
+	storagetest.RunShared(t, func(t *testing.T) (storage.Store, storage.Store) {
+		path := filepath.Join(t.TempDir(), "m.db")
+		return open(t, path), open(t, path)
+	})
+}
+
 // The server's second start reuses the file: the data is there and the schema is current.
 func TestReopenKeepsData(t *testing.T) {
 	ctx := t.Context()

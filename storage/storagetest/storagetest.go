@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"Tokens", tokenCases},
 		{"Audit", auditCases},
 		{"Tx", txCases},
+		{"Changes", changeCases},
 		{"Misc", miscCases},
 	}
 	for _, g := range groups {
