@@ -39,10 +39,24 @@ type Options struct {
 	// BootstrapAdminSecret, when set, is the secret of the admin client created on a store
 	// that has none (otherwise one is generated).
 	BootstrapAdminSecret string
+	// DatabaseTimeout bounds every store call a request makes, waiting for a connection
+	// included, and each transaction as a whole: a call that runs out fails with
+	// storage.ErrUnavailable, answered 503 with Retry-After. Zero: DefaultDatabaseTimeout.
+	DatabaseTimeout time.Duration
+	// CacheTTL is how long clients, audiences and grants are cached (zero: the exchange's
+	// default; negative: no cache). Admin changes reach every replica at once through the
+	// store's change feed; the TTL is the safety net for a change the feed missed.
+	CacheTTL time.Duration
 	// Pprof serves /debug/pprof on the admin handler.
 	Pprof  bool
 	Logger *slog.Logger
 }
+
+// Bounds of background work, which has no caller waiting but must not hang either.
+const (
+	keysReloadTimeout = 10 * time.Second
+	gcTimeout         = time.Minute
+)
 
 // MaxTokenLifetime bounds every token Mandate issues: a retired signing key stays published
 // this long after its last signature.
@@ -51,8 +65,10 @@ const MaxTokenLifetime = 24 * time.Hour
 // Server is a wired Mandate.
 type Server struct {
 	store   storage.Store
+	gcStore storage.Store // the store under a longer deadline: a backlog takes time to delete
 	log     *slog.Logger
 	keys    *keys.Manager
+	catalog *exchange.Catalog
 	oauth   *authz.Server
 	admin   http.Handler
 	metrics *metrics
@@ -78,9 +94,12 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	if o.SigningAlg == "" {
 		o.SigningAlg = keys.ES256
 	}
+	if o.DatabaseTimeout <= 0 {
+		o.DatabaseTimeout = DefaultDatabaseTimeout
+	}
 	m := newMetrics()
-	store := countingStore{Store: o.Store, m: m}
-	s := &Server{store: store, log: o.Logger, metrics: m, pprof: o.Pprof}
+	store := countingStore{Store: deadlineStore{s: o.Store, timeout: o.DatabaseTimeout}, m: m}
+	s := &Server{store: store, gcStore: deadlineStore{s: o.Store, timeout: gcTimeout}, log: o.Logger, metrics: m, pprof: o.Pprof}
 
 	sealer, err := keys.NewSealer(o.Master)
 	if err != nil {
@@ -91,6 +110,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		RotateEvery:      o.KeyRotation,
 		PublishAhead:     o.KeyPublishAhead,
 		TokenLifetimeMax: MaxTokenLifetime,
+		ReloadTimeout:    keysReloadTimeout,
 		Logger:           o.Logger,
 	})
 	if err != nil {
@@ -119,10 +139,11 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		KeySets:  exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{})),
 		Signer:   s.keys,
 		Logger:   o.Logger,
-	}, exchange.Config{Issuer: o.Issuer})
+	}, exchange.Config{Issuer: o.Issuer, CacheTTL: o.CacheTTL})
 	if err != nil {
 		return nil, err
 	}
+	s.catalog = svc.Catalog()
 	s.oauth = authz.NewHandler(authz.Deps{
 		Issuer:   o.Issuer,
 		Exchange: svc,
@@ -133,22 +154,22 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		Ready:    s.Ready,
 	})
 	s.admin = api.NewHandler(api.Deps{
-		Store:  store,
+		Store:  announcingStore{store},
 		Hasher: hasher,
 		Auth:   adminAuth{s.oauth},
 		Keys:   s.keys,
 		Logger: o.Logger,
 		// Admin changes are rare: dropping the whole cache after each is simplest and exact.
-		// Other replicas see a change within the cache TTL (exchange.DefaultCacheTTL).
+		// This replica drops it on commit; the others when the change feed tells them
+		// (changes.go), moments later.
 		OnChange: svc.Catalog().InvalidateAll,
 	})
 	return s, nil
 }
 
-// Ready is /readyz: the store answers and a signing key is loaded.
+// Ready is /readyz: the store answers (within the database timeout) and a signing key is
+// loaded.
 func (s *Server) Ready(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}
@@ -177,21 +198,18 @@ func (s *Server) AdminHandler() http.Handler {
 	return withRequestID(mux)
 }
 
-// Run does the background work until ctx ends: the key rotation loop and the garbage
-// collection of expired replay marks and issued-token records.
+// Run does the background work until ctx ends: the key rotation loop, the watch on the
+// store's change feed, and the garbage collection of expired replay marks and issued-token
+// records.
 func (s *Server) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		if err := s.keys.Run(ctx); err != nil {
 			s.log.Error("key manager stopped", "err", err)
 		}
-	}()
-	go func() {
-		defer wg.Done()
-		s.collectGarbage(ctx, 5*time.Minute)
-	}()
+	})
+	wg.Go(func() { s.watchChanges(ctx) })
+	wg.Go(func() { s.collectGarbage(ctx, 5*time.Minute) })
 	wg.Wait()
 }
 
@@ -207,8 +225,8 @@ func (s *Server) collectGarbage(ctx context.Context, every time.Duration) {
 		case <-t.C:
 		}
 		now := time.Now()
-		marks, err1 := s.store.DeleteExpiredReplayMarks(ctx, now)
-		revs, err2 := s.store.DeleteExpiredTokens(ctx, now.Add(-time.Minute))
+		marks, err1 := s.gcStore.DeleteExpiredReplayMarks(ctx, now)
+		revs, err2 := s.gcStore.DeleteExpiredTokens(ctx, now.Add(-time.Minute))
 		if err := errors.Join(err1, err2); err != nil && ctx.Err() == nil {
 			s.log.Warn("garbage collection failed", "err", err)
 			continue
@@ -224,6 +242,9 @@ type adminAuth struct{ s *authz.Server }
 
 func (a adminAuth) AuthenticateBearer(ctx context.Context, token string) (api.Principal, error) {
 	id, scopes, err := a.s.AuthenticateBearer(ctx, token)
+	if errors.Is(err, authz.ErrUnavailable) {
+		return api.Principal{}, errors.Join(err, api.ErrUnavailable)
+	}
 	if err != nil {
 		return api.Principal{}, err
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -85,6 +86,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if opts.Schema != "" {
 		cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
 	}
+	cfg.ConnConfig.BuildContextWatcherHandler = cancelOnServer
 	if opts.configure != nil {
 		opts.configure(cfg)
 	}
@@ -117,6 +119,21 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("storage/postgres: %w", err)
 	}
 	return &Store{pool: pool, db: pool, channel: channel}, nil
+}
+
+// cancelGrace is how long a statement whose context ended may take to acknowledge its
+// cancellation before its connection is dropped.
+const cancelGrace = 500 * time.Millisecond
+
+// cancelOnServer makes a statement whose context ends stop on the server too. pgx's default
+// only drops the connection, and the server does not notice: a statement queued behind a
+// lock would wait on, then run and commit once the lock is released, after its caller had
+// been told it failed (an issuance recorded for a token never delivered, its envelope used
+// up), while the pool opened a new connection for every caller that gave up. A cancel
+// request stops it where it waits, and the connection stays usable. Should the server not
+// answer (frozen), the connection is dropped after cancelGrace.
+func cancelOnServer(c *pgconn.PgConn) ctxwatch.Handler {
+	return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: cancelGrace}
 }
 
 // Migrations returns a goose provider over the Store's pool (same search_path), for
