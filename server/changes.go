@@ -34,6 +34,12 @@ func (a announcingStore) InTx(ctx context.Context, fn func(tx storage.Store) err
 	})
 }
 
+// AppendAudit outside a transaction (the key rotation's record, written after the rotation's
+// own) is made a transaction of its own, so that it is announced too.
+func (a announcingStore) AppendAudit(ctx context.Context, rec *storage.AuditRecord) error {
+	return a.InTx(ctx, func(tx storage.Store) error { return tx.AppendAudit(ctx, rec) })
+}
+
 // eventRecorder notes the events of the audit records written through it.
 type eventRecorder struct {
 	storage.Store
@@ -93,7 +99,8 @@ func (s *Server) changed(ctx context.Context, what string) {
 	s.log.Debug("change feed: caches dropped", "what", what)
 	if strings.Contains(what, api.EventKeysRotate) {
 		// The new key is published ahead of signing, so Run's next reload would do; loading
-		// it now keeps every replica's JWKS the same from the start.
+		// it now keeps every replica's JWKS the same from the start. (SQLite's feed cannot
+		// say what changed: there, Run's reload does it.)
 		go func() {
 			rctx, cancel := context.WithTimeout(ctx, keysReloadTimeout)
 			defer cancel()

@@ -139,12 +139,15 @@ func postgresBackend(t *testing.T) backend {
 	return b
 }
 
+// pgtestSkip skips t without MANDATE_TEST_DATABASE_URL.
+func pgtestSkip(t *testing.T) { pgtest.BaseURL(t) }
+
 func onBackends(t *testing.T, fn func(t *testing.T, b backend)) {
 	for _, mk := range []func(*testing.T) backend{sqliteBackend, postgresBackend} {
 		b := mk(t)
 		t.Run(b.name, func(t *testing.T) {
 			if b.name == "postgres" {
-				pgtest.BaseURL(t) // skips without MANDATE_TEST_DATABASE_URL
+				pgtestSkip(t)
 			}
 			fn(t, b)
 		})

@@ -252,6 +252,28 @@ func TestAdminChangesReachOtherReplicasAtOnce(t *testing.T) {
 	})
 }
 
+// A key rotated through one replica is published by the others at once (Postgres: the
+// change feed names the rotation), not at their next reload.
+func TestKeyRotationReachesOtherReplicasAtOnce(t *testing.T) {
+	b := postgresBackend(t)
+	pgtestSkip(t)
+	reps := startTogether(t, b.open(t, 2, DefaultDatabaseTimeout), Options{})
+	a, other := reps[0], reps[1]
+	got := a.call(t, http.MethodPost, "/keys/rotate", a.adminToken(t), nil)
+	kid := got.str("kid")
+	if got.status != http.StatusOK || kid == "" {
+		t.Fatalf("rotate: %d %s", got.status, got.raw)
+	}
+	rotated := time.Now()
+	for !slices.Contains(other.jwksKIDs(t), kid) {
+		if time.Since(rotated) > 5*time.Second { // the periodic reload is every 10 s
+			t.Fatalf("the other replica does not publish the rotated key %s %s after the rotation", kid, time.Since(rotated))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("the other replica published the rotated key %s after the rotation", time.Since(rotated).Round(time.Millisecond))
+}
+
 // A valid admin token is not "invalid" because the store is down: 503 (reliability run: 401
 // "the bearer token is not valid" during the Postgres outage).
 func TestAdminAPIWithTheStoreDownIs503(t *testing.T) {
