@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -184,5 +185,41 @@ func BenchmarkRecordIssuance(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A lone process hears nothing of its own commits (readers included): otherwise every poll
+// would drop the server's caches for nothing.
+func TestChangeFeedIgnoresOwnCommits(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "m.db"))
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var mu sync.Mutex
+	heard := 0
+	done := make(chan error, 1)
+	go func() {
+		done <- s.WatchChanges(ctx, func(string) {
+			mu.Lock()
+			heard++
+			mu.Unlock()
+		})
+	}()
+	now := time.Now().UTC()
+	for i := range 50 {
+		c := &storage.Client{ID: fmt.Sprintf("c%d", i), CreatedAt: now, UpdatedAt: now}
+		if err := s.InTx(ctx, func(tx storage.Store) error { return tx.CreateClient(ctx, c) }); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.GetClient(ctx, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // spread over a few polls
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if heard != 1 {
+		t.Fatalf("the watcher was called %d times; want once (when it started), never for this process's own commits", heard)
 	}
 }
