@@ -71,6 +71,8 @@ type Deps struct {
 	Keys   KeyAdmin
 	Logger *slog.Logger
 	Now    func() time.Time
+	// GrantRequests decides grant requests for admins; nil makes approve and deny fail.
+	GrantRequests GrantRequestDecider
 	// OnChange, when set, is called after every committed change, so caches of clients and
 	// audiences on this replica (package exchange's Catalog) drop what changed at once.
 	OnChange func()
@@ -96,11 +98,12 @@ func NewHandler(d Deps) http.Handler {
 		d.Store = notifyOnCommit{Store: d.Store, notify: d.OnChange}
 	}
 	s := &server{
-		store:  d.Store,
-		hasher: d.Hasher,
-		keys:   d.Keys,
-		log:    d.Logger,
-		now:    func() time.Time { return d.Now().UTC().Truncate(time.Microsecond) },
+		store:   d.Store,
+		hasher:  d.Hasher,
+		keys:    d.Keys,
+		decider: d.GrantRequests,
+		log:     d.Logger,
+		now:     func() time.Time { return d.Now().UTC().Truncate(time.Microsecond) },
 	}
 	p := problems{log: d.Logger}
 

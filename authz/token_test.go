@@ -81,7 +81,7 @@ func TestDecisionTable(t *testing.T) {
 		}, status: 400, code: "invalid_request", reason: "bad_requested_token_type"},
 		{name: "subject_token over 8 KiB", form: func(e *env, f url.Values) {
 			f.Set("subject_token", strings.Repeat("a", 8193))
-		}, status: 400, code: "invalid_request", reason: "malformed_request"},
+		}, status: 400, code: "invalid_request", reason: "subject_token_too_large"},
 		// envelope valid
 		{name: "envelope expired", token: func(e *env) string {
 			tok := e.envelope(clientID, nil)

@@ -43,6 +43,8 @@ type Config struct {
 	DefaultTokenTTL time.Duration
 	// CacheTTL is how long clients and audiences are cached; negative disables the cache.
 	CacheTTL time.Duration
+	// GrantRequestLifetime is how long a grant request can be decided (SPEC §11).
+	GrantRequestLifetime time.Duration
 }
 
 // Deps are the Service's collaborators.
@@ -87,6 +89,9 @@ func New(d Deps, cfg Config) (*Service, error) {
 	}
 	if cfg.CacheTTL == 0 {
 		cfg.CacheTTL = DefaultCacheTTL
+	}
+	if cfg.GrantRequestLifetime <= 0 {
+		cfg.GrantRequestLifetime = DefaultGrantRequestLifetime
 	}
 	s := &Service{store: d.Store, verifier: d.Verifier, keySets: d.KeySets, catalog: d.Catalog,
 		signer: d.Signer, now: d.Now, log: d.Logger, cfg: cfg}
@@ -274,10 +279,15 @@ func (s *Service) exchange(ctx context.Context, now time.Time, req Request, rec 
 			return nil, unavailable(err)
 		}
 		if len(grants) == 0 {
-			return nil, deny(CodeInvalidRequest, ReasonNoActiveGrant,
+			e := deny(CodeInvalidRequest, ReasonNoActiveGrant,
 				"no active delegation grant lets this client act for this user")
+			e.UserMayConsent = aud.AllowsUserConsent()
+			return nil, e
 		}
 		if grant, scopes, err = chooseGrant(grants, aud, mode, env.Authorization.Scopes, c.AllowedScopes, req); err != nil {
+			if e := AsError(err); e != nil && e.Reason == ReasonGrantNotCovering {
+				e.UserMayConsent = aud.AllowsUserConsent()
+			}
 			return nil, err
 		}
 		rec.GrantID = grant.ID
@@ -376,7 +386,7 @@ func (s *Service) conflict(ctx context.Context, grant *storage.Grant) error {
 func (s *Service) verifyEnvelope(ctx context.Context, req Request, rec *storage.AuditRecord) (*envelope.Claims, error) {
 	ks, err := s.keySets.For(req.Client)
 	if err != nil {
-		return nil, fail(CodeInvalidRequest, "client_keys_invalid",
+		return nil, fail(CodeInvalidRequest, ReasonClientKeysInvalid,
 			"the client has no usable keys registered to verify the envelope", err)
 	}
 	env, err := s.verifier.Verify(ctx, req.SubjectToken, envelope.Client{
@@ -385,7 +395,7 @@ func (s *Service) verifyEnvelope(ctx context.Context, req Request, rec *storage.
 	if err != nil {
 		var ee *envelope.Error
 		if !errors.As(err, &ee) {
-			return nil, fail(CodeServerError, "envelope_verification_failed", "the envelope could not be verified", err)
+			return nil, fail(CodeServerError, ReasonInternalError, "the envelope could not be verified", err)
 		}
 		if ee.Claims != nil {
 			recordEnvelope(rec, ee.Claims)
@@ -464,7 +474,7 @@ func (s *Service) sign(claims *TokenClaims) (string, error) {
 func (s *Service) audit(ctx context.Context, now time.Time, rec *storage.AuditRecord, err error) {
 	e := AsError(err)
 	if e == nil {
-		e = fail(CodeServerError, "internal_error", "", err)
+		e = fail(CodeServerError, ReasonInternalError, "", err)
 	}
 	rec.ID, rec.Time, rec.Reason = storage.NewID("evt"), now, e.Reason
 	rec.Outcome = storage.OutcomeDenied

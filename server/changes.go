@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mandatehq/mandate/api"
+	"github.com/mandatehq/mandate/exchange"
 	"github.com/mandatehq/mandate/storage"
 )
 
@@ -17,9 +18,21 @@ import (
 // The caches' TTL stays, as the safety net for a change announced while a replica's watch
 // was down (the watch also drops everything each time it starts, for the same reason).
 
-// announcingStore is the admin API's store: each transaction that wrote audit records
-// announces their events ("admin.client.update ...") before it commits.
+// announcingStore is the store of the admin API and of the exchange (whose grant-request
+// decisions create grants): each transaction that wrote the audit record of a change worth
+// announcing announces its events ("admin.client.update ...") before it commits.
 type announcingStore struct{ storage.Store }
+
+// announced says which changes other replicas must hear of: those that change what they
+// cache (clients, audiences, grants, keys). Token decisions and revocations change nothing
+// cached, and are far too many to announce.
+func announced(event string) bool {
+	switch event {
+	case exchange.EventGrantRequestApprove, exchange.EventConsentRevoke:
+		return true
+	}
+	return strings.HasPrefix(event, "admin.")
+}
 
 func (a announcingStore) InTx(ctx context.Context, fn func(tx storage.Store) error) error {
 	return a.Store.InTx(ctx, func(tx storage.Store) error {
@@ -34,9 +47,13 @@ func (a announcingStore) InTx(ctx context.Context, fn func(tx storage.Store) err
 	})
 }
 
-// AppendAudit outside a transaction (the key rotation's record, written after the rotation's
-// own) is made a transaction of its own, so that it is announced too.
+// AppendAudit outside a transaction of a change worth announcing (the key rotation's record,
+// written after the rotation's own) is made a transaction of its own, so that it is
+// announced too.
 func (a announcingStore) AppendAudit(ctx context.Context, rec *storage.AuditRecord) error {
+	if !announced(rec.Event) {
+		return a.Store.AppendAudit(ctx, rec)
+	}
 	return a.InTx(ctx, func(tx storage.Store) error { return tx.AppendAudit(ctx, rec) })
 }
 
@@ -48,7 +65,7 @@ type eventRecorder struct {
 
 func (r *eventRecorder) AppendAudit(ctx context.Context, rec *storage.AuditRecord) error {
 	err := r.Store.AppendAudit(ctx, rec)
-	if err == nil && !slices.Contains(r.events, rec.Event) {
+	if err == nil && announced(rec.Event) && !slices.Contains(r.events, rec.Event) {
 		r.events = append(r.events, rec.Event)
 	}
 	return err

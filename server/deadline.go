@@ -226,6 +226,54 @@ func (d deadlineStore) ListAudit(ctx context.Context, f storage.AuditFilter) ([]
 	return call2(d, ctx, func(ctx context.Context) ([]storage.AuditRecord, string, error) { return d.s.ListAudit(ctx, f) })
 }
 
+// Grant requests, consents, sign-in sessions
+
+func (d deadlineStore) CreateGrantRequest(ctx context.Context, r *storage.GrantRequest) error {
+	return call0(d, ctx, func(ctx context.Context) error { return d.s.CreateGrantRequest(ctx, r) })
+}
+
+func (d deadlineStore) GetGrantRequest(ctx context.Context, id string) (*storage.GrantRequest, error) {
+	return call1(d, ctx, func(ctx context.Context) (*storage.GrantRequest, error) { return d.s.GetGrantRequest(ctx, id) })
+}
+
+func (d deadlineStore) ListGrantRequests(ctx context.Context, f storage.GrantRequestFilter) ([]storage.GrantRequest, string, error) {
+	return call2(d, ctx, func(ctx context.Context) ([]storage.GrantRequest, string, error) {
+		return d.s.ListGrantRequests(ctx, f)
+	})
+}
+
+func (d deadlineStore) DecideGrantRequest(ctx context.Context, id string, dec storage.GrantRequestDecision) (*storage.GrantRequest, error) {
+	return call1(d, ctx, func(ctx context.Context) (*storage.GrantRequest, error) { return d.s.DecideGrantRequest(ctx, id, dec) })
+}
+
+func (d deadlineStore) CreateConsent(ctx context.Context, c *storage.ConsentRecord) error {
+	return call0(d, ctx, func(ctx context.Context) error { return d.s.CreateConsent(ctx, c) })
+}
+
+func (d deadlineStore) GetConsents(ctx context.Context, grantIDs []string) ([]storage.ConsentRecord, error) {
+	return call1(d, ctx, func(ctx context.Context) ([]storage.ConsentRecord, error) { return d.s.GetConsents(ctx, grantIDs) })
+}
+
+func (d deadlineStore) CreateSession(ctx context.Context, s *storage.Session) error {
+	return call0(d, ctx, func(ctx context.Context) error { return d.s.CreateSession(ctx, s) })
+}
+
+func (d deadlineStore) GetSession(ctx context.Context, id string) (*storage.Session, error) {
+	return call1(d, ctx, func(ctx context.Context) (*storage.Session, error) { return d.s.GetSession(ctx, id) })
+}
+
+func (d deadlineStore) TouchSession(ctx context.Context, id string, at time.Time) error {
+	return call0(d, ctx, func(ctx context.Context) error { return d.s.TouchSession(ctx, id, at) })
+}
+
+func (d deadlineStore) DeleteSession(ctx context.Context, id string) error {
+	return call0(d, ctx, func(ctx context.Context) error { return d.s.DeleteSession(ctx, id) })
+}
+
+func (d deadlineStore) DeleteExpiredSessions(ctx context.Context, now, idleSince time.Time) (int64, error) {
+	return call1(d, ctx, func(ctx context.Context) (int64, error) { return d.s.DeleteExpiredSessions(ctx, now, idleSince) })
+}
+
 // Change feed
 
 func (d deadlineStore) AnnounceChange(ctx context.Context, what string) error {

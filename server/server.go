@@ -18,6 +18,7 @@ import (
 
 	"github.com/mandatehq/mandate/api"
 	"github.com/mandatehq/mandate/authz"
+	"github.com/mandatehq/mandate/consent"
 	"github.com/mandatehq/mandate/envelope"
 	"github.com/mandatehq/mandate/exchange"
 	"github.com/mandatehq/mandate/keys"
@@ -47,6 +48,10 @@ type Options struct {
 	// default; negative: no cache). Admin changes reach every replica at once through the
 	// store's change feed; the TTL is the safety net for a change the feed missed.
 	CacheTTL time.Duration
+	// OIDC is the organisation's sign-in provider for the consent pages (SPEC §11); nil
+	// leaves them saying that sign-in is not configured (grant requests still work, and
+	// admins can decide them).
+	OIDC *consent.OIDCConfig
 	// Pprof serves /debug/pprof on the admin handler.
 	Pprof  bool
 	Logger *slog.Logger
@@ -70,6 +75,8 @@ type Server struct {
 	keys    *keys.Manager
 	catalog *exchange.Catalog
 	oauth   *authz.Server
+	consent *consent.Handler
+	public  *http.ServeMux
 	admin   http.Handler
 	metrics *metrics
 	pprof   bool
@@ -134,7 +141,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	}
 
 	svc, err := exchange.New(exchange.Deps{
-		Store:    store,
+		Store:    announcingStore{store}, // a grant request's approval creates a grant
 		Verifier: &envelope.Verifier{Issuer: o.Issuer},
 		KeySets:  exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{})),
 		Signer:   s.keys,
@@ -153,12 +160,23 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		Logger:   o.Logger,
 		Ready:    s.Ready,
 	})
+	s.consent = consent.New(consent.Deps{
+		Issuer: o.Issuer, Store: store, Exchange: svc, OIDC: o.OIDC, Logger: o.Logger,
+	})
+	// The consent pages beside the OAuth endpoints, on the public listener.
+	s.public = http.NewServeMux()
+	s.public.Handle(consent.PathConsent, s.consent)
+	s.public.Handle(consent.PathConsent+"/", s.consent)
+	s.public.Handle(consent.PathAccount, s.consent)
+	s.public.Handle(consent.PathAccount+"/", s.consent)
+	s.public.Handle("/", s.oauth)
 	s.admin = api.NewHandler(api.Deps{
-		Store:  announcingStore{store},
-		Hasher: hasher,
-		Auth:   adminAuth{s.oauth},
-		Keys:   s.keys,
-		Logger: o.Logger,
+		Store:         announcingStore{store},
+		Hasher:        hasher,
+		Auth:          adminAuth{s.oauth},
+		Keys:          s.keys,
+		GrantRequests: svc,
+		Logger:        o.Logger,
 		// Admin changes are rare: dropping the whole cache after each is simplest and exact.
 		// This replica drops it on commit; the others when the change feed tells them
 		// (changes.go), moments later.
@@ -180,7 +198,7 @@ func (s *Server) Ready(ctx context.Context) error {
 }
 
 // PublicHandler serves the OAuth endpoints, metadata, JWKS and health checks.
-func (s *Server) PublicHandler() http.Handler { return withRequestID(s.metrics.instrument(s.oauth)) }
+func (s *Server) PublicHandler() http.Handler { return withRequestID(s.metrics.instrument(s.public)) }
 
 // AdminHandler serves /admin/v1, /metrics and, when enabled, /debug/pprof. It belongs on a
 // listener that only operators reach.
@@ -227,7 +245,8 @@ func (s *Server) collectGarbage(ctx context.Context, every time.Duration) {
 		now := time.Now()
 		marks, err1 := s.gcStore.DeleteExpiredReplayMarks(ctx, now)
 		revs, err2 := s.gcStore.DeleteExpiredTokens(ctx, now.Add(-time.Minute))
-		if err := errors.Join(err1, err2); err != nil && ctx.Err() == nil {
+		_, err3 := s.gcStore.DeleteExpiredSessions(ctx, now, now.Add(-s.consent.IdleTimeout()))
+		if err := errors.Join(err1, err2, err3); err != nil && ctx.Err() == nil {
 			s.log.Warn("garbage collection failed", "err", err)
 			continue
 		}
