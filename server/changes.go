@@ -88,7 +88,10 @@ func (s *Server) watchChanges(ctx context.Context) {
 	for {
 		watching := false
 		err := s.store.WatchChanges(ctx, func(what string) {
-			watching = true
+			if !watching {
+				watching = true
+				s.watchingOnce.Do(func() { close(s.watching) })
+			}
 			s.changed(ctx, what)
 		})
 		if ctx.Err() != nil {

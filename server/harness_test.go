@@ -196,6 +196,13 @@ func startTogether(t *testing.T, stores []storage.Store, o Options) []*replica {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { r.srv.Run(ctx); close(done) }()
+		// A change committed before a replica listens is one it cannot hear (it drops its
+		// caches when it starts listening, for that reason): the tests' changes come after.
+		select {
+		case <-r.srv.watching:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("replica %d: the change feed is not watched after 30s", i)
+		}
 		r.public = httptest.NewServer(r.srv.PublicHandler())
 		r.admin = httptest.NewServer(r.srv.AdminHandler())
 		t.Cleanup(func() {

@@ -74,12 +74,15 @@ type Server struct {
 	log     *slog.Logger
 	keys    *keys.Manager
 	catalog *exchange.Catalog
-	oauth   *authz.Server
-	consent *consent.Handler
-	public  *http.ServeMux
-	admin   http.Handler
-	metrics *metrics
-	pprof   bool
+	// watching is closed once the change feed is first watched (tests wait for it).
+	watching     chan struct{}
+	watchingOnce sync.Once
+	oauth        *authz.Server
+	consent      *consent.Handler
+	public       *http.ServeMux
+	admin        http.Handler
+	metrics      *metrics
+	pprof        bool
 
 	// BootstrapSecret is the admin client's secret when New created that client and generated
 	// it; "" otherwise (it existed, or Options.BootstrapAdminSecret was used).
@@ -106,7 +109,8 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	}
 	m := newMetrics()
 	store := countingStore{Store: deadlineStore{s: o.Store, timeout: o.DatabaseTimeout}, m: m}
-	s := &Server{store: store, gcStore: deadlineStore{s: o.Store, timeout: gcTimeout}, log: o.Logger, metrics: m, pprof: o.Pprof}
+	s := &Server{store: store, gcStore: deadlineStore{s: o.Store, timeout: gcTimeout}, log: o.Logger, metrics: m, pprof: o.Pprof,
+		watching: make(chan struct{})}
 
 	sealer, err := keys.NewSealer(o.Master)
 	if err != nil {
