@@ -43,6 +43,8 @@ type Options struct {
 	// DatabaseTimeout bounds every store call a request makes, waiting for a connection
 	// included, and each transaction as a whole: a call that runs out fails with
 	// storage.ErrUnavailable, answered 503 with Retry-After. Zero: DefaultDatabaseTimeout.
+	// SQLite waits for another process's lock without looking at contexts: open it with
+	// sqlite.Options{BusyTimeout} no longer than this.
 	DatabaseTimeout time.Duration
 	// CacheTTL is how long clients, audiences and grants are cached (zero: the exchange's
 	// default; negative: no cache). Admin changes reach every replica at once through the
