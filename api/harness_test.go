@@ -134,6 +134,11 @@ type env struct {
 
 func newEnv(t testing.TB, store storage.Store, opts ...func(*Deps)) *env {
 	t.Helper()
+	return newEnvAuth(t, store, testAuth, opts...)
+}
+
+func newEnvAuth(t testing.TB, store storage.Store, auth Authenticator, opts ...func(*Deps)) *env {
+	t.Helper()
 	m, err := secret.NewMaster(strings.Repeat("s", 32))
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +150,7 @@ func newEnv(t testing.TB, store storage.Store, opts ...func(*Deps)) *env {
 		t.Fatalf("spec: %v", err)
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	d := Deps{Store: store, Hasher: e.hasher, Auth: testAuth, Keys: e.keys, Logger: logger, Now: e.clock}
+	d := Deps{Store: store, Hasher: e.hasher, Auth: auth, Keys: e.keys, Logger: logger, Now: e.clock}
 	for _, o := range opts {
 		o(&d)
 	}
