@@ -43,6 +43,9 @@ type Store interface {
 	// time, or the call fails with ErrConflict. A failed call writes nothing. It is the token
 	// endpoint's hot path: backends write one row in one round trip.
 	RecordIssuance(ctx context.Context, iss Issuance) error
+	// ReplayKeyUsed reports whether an issuance has used key (an Issuance.ReplayKey): what
+	// RecordIssuance would refuse for that key, asked without writing (explain answers it).
+	ReplayKeyUsed(ctx context.Context, key string) (bool, error)
 
 	// Ping reports whether the backend answers.
 	Ping(ctx context.Context) error
