@@ -878,3 +878,41 @@ func TestExplainReplay(t *testing.T) {
 		t.Errorf("issuance detail %q", d)
 	}
 }
+
+// The lifetime step: a grant about to end leaves no whole second for a token (refused, as
+// the endpoint refuses), and the client's maximum narrows the audience's TTL.
+func TestExplainLifetime(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	// On a fixed clock 100 ms into a second, a grant ending 900 ms into it is in force but
+	// leaves the token (iat in whole seconds) less than a second.
+	now := time.Now().Truncate(time.Second).Add(100 * time.Millisecond)
+	clock := func() time.Time { return now }
+	svc, err := exchange.New(exchange.Deps{Store: f.store, Verifier: &envelope.Verifier{Issuer: issuer, Now: clock},
+		Signer: f.keys, Now: clock}, exchange.Config{Issuer: issuer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, f.store.CreateGrant(ctx, &storage.Grant{ID: "grt_ending", Tenant: "initech", Subject: "u9", ClientID: "mcp",
+		Audiences: []string{"orders_api"}, Scopes: []string{"orders:read"}, NotBefore: now.Add(-time.Hour),
+		ExpiresAt: now.Add(800 * time.Millisecond), CreatedAt: now}))
+	tok := f.envelope(t, func(c *envelope.Claims) { c.Actor.Sub, c.Actor.Tenant, c.IssuedAt = "u9", "initech", now })
+	x, err := svc.Explain(ctx, exchange.ExplainRequest{ClientID: "mcp", SubjectToken: tok, Audience: "orders_api"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = svc.Exchange(ctx, f.request(tok, "orders_api"))
+	e := exchange.AsError(err)
+	if e == nil || e.Reason != exchange.ReasonGrantExpiring || x.Refusal == nil || x.Refusal.Reason != e.Reason ||
+		stepOf(t, x, exchange.StepLifetime).Outcome != exchange.OutcomeRefused {
+		t.Fatalf("endpoint %v, explain %+v", err, x.Refusal)
+	}
+
+	if _, err := f.store.UpdateClient(ctx, "mcp", func(c *storage.Client) error { c.MaxTokenTTL = 30 * time.Second; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	x = explainOf(t, f, exchange.ExplainRequest{ClientID: "mcp", SubjectToken: f.envelope(t, nil), Audience: "orders_api"})
+	if d := stepOf(t, x, exchange.StepLifetime).Detail; x.Lifetime != 30*time.Second || !strings.Contains(d, "client max_token_ttl 30 s") {
+		t.Errorf("lifetime %s, detail %q", x.Lifetime, d)
+	}
+}
