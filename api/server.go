@@ -12,11 +12,12 @@ import (
 
 // server implements the generated StrictServerInterface.
 type server struct {
-	store  storage.Store
-	hasher *secret.Hasher
-	keys   KeyAdmin
-	log    *slog.Logger
-	now    func() time.Time // UTC, microseconds: what the stores keep
+	store   storage.Store
+	hasher  *secret.Hasher
+	keys    KeyAdmin
+	explain Explainer
+	log     *slog.Logger
+	now     func() time.Time // UTC, microseconds: what the stores keep
 }
 
 var _ StrictServerInterface = (*server)(nil)

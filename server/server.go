@@ -133,11 +133,12 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		Ready:    s.Ready,
 	})
 	s.admin = api.NewHandler(api.Deps{
-		Store:  store,
-		Hasher: hasher,
-		Auth:   adminAuth{s.oauth},
-		Keys:   s.keys,
-		Logger: o.Logger,
+		Store:   store,
+		Hasher:  hasher,
+		Auth:    adminAuth{s.oauth},
+		Keys:    s.keys,
+		Explain: svc,
+		Logger:  o.Logger,
 		// Admin changes are rare: dropping the whole cache after each is simplest and exact.
 		// Other replicas see a change within the cache TTL (exchange.DefaultCacheTTL).
 		OnChange: svc.Catalog().InvalidateAll,
