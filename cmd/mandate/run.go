@@ -29,6 +29,7 @@ Commands:
   envelope    keygen | mint: act as an MCP server from a shell (development)
   clients, audiences, grants, keys, audit
               manage Mandate over its admin API ("mandate clients -h")
+  explain     would an exchange be granted, and why? ("mandate explain -h")
   bench       provision, load and measure a running Mandate's token exchange
   healthcheck probe /readyz (for container health checks)
 
@@ -70,6 +71,8 @@ func dispatch(ctx context.Context, cmd string, args []string, getenv func(string
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
+	case "explain":
+		return runExplain(ctx, args, getenv, stdout, stderr)
 	case "clients", "audiences", "grants", "keys", "audit":
 		return runAdmin(ctx, append([]string{cmd}, args...), getenv, stdout, stderr)
 	default:
