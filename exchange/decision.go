@@ -55,6 +55,11 @@ var decisionTable = [...]step{
 
 // evaluation is one exchange on its way through the table: the request, and what each step
 // found, in the order the steps find it.
+//
+// It is the one allocation the decision adds over the checks themselves (the steps are
+// called through the table, so it lives on the heap), and it holds the audit record the
+// exchange allocated anyway. Keep it in the 768-byte size class (TestEvaluationSize): what
+// only Explain needs is behind pointers.
 type evaluation struct {
 	svc      *Service
 	catalog  *Catalog           // the cached one for the endpoint; an uncached one for Explain
@@ -84,14 +89,10 @@ type evaluation struct {
 	explained  *TokenClaims // Explain: the claims the token would carry (no jti, unsigned)
 }
 
-// The evaluation is the one allocation the decision adds over the checks themselves (the
-// steps are called through the table, so it lives on the heap); it holds the audit record
-// the exchange allocated anyway. Keep it in the 768-byte size class: what only Explain needs
-// is behind pointers.
-
 func (e *evaluation) checkClient(context.Context) error {
 	// The token endpoint authenticated the client before this (authz refuses a disabled one
-	// like an unknown one); Explain, given a client id, starts here.
+	// like an unknown one, with 401), so there this never refuses; Explain, given a client
+	// id, starts here.
 	if c := e.req.Client; c == nil || c.Disabled {
 		return deny(CodeInvalidClient, ReasonClientAuthFailed, "client authentication failed")
 	}

@@ -144,6 +144,10 @@ func (s *Service) Explain(ctx context.Context, xr ExplainRequest) (*Explanation,
 			r.Outcome = OutcomeSkipped
 			r.Detail = "not checked: claims were given instead of a signed envelope, so there is no header, key, " +
 				"algorithm or signature to check (ask with subject_token to check them)"
+			if _, err := s.keySets.For(client); err != nil {
+				r.Detail += "; note that the client has no usable keys registered, so no envelope of it can verify " +
+					"(the endpoint refuses every one: client_keys_invalid)"
+			}
 		default:
 			err := st.check(e, ctx)
 			if err != nil {

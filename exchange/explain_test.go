@@ -810,6 +810,18 @@ func TestExplainWhatIfAndAt(t *testing.T) {
 	if x.Envelope == nil || x.Envelope.Actor.Sub != "alice" || x.Claims.Subject != "alice" {
 		t.Errorf("envelope %+v claims %+v", x.Envelope, x.Claims)
 	}
+	if d := stepOf(t, x, exchange.StepSignature).Detail; strings.Contains(d, "no usable keys") {
+		t.Errorf("signature detail %q for a client with keys", d)
+	}
+	// A client without keys: the what-if still skips the signature, and says no envelope of
+	// it can verify.
+	must(t, f.store.CreateClient(context.Background(), &storage.Client{ID: "keyless",
+		GrantTypes: []string{exchange.GrantTypeTokenExchange}, CreatedAt: now, UpdatedAt: now}))
+	x = explainOf(t, f, exchange.ExplainRequest{ClientID: "keyless", Audience: "orders_api",
+		Claims: claims(now, func(c *envelope.Claims) { c.Issuer, c.Agent.ClientID = "keyless", "keyless" })})
+	if s := stepOf(t, x, exchange.StepSignature); s.Outcome != exchange.OutcomeSkipped || !strings.Contains(s.Detail, "client_keys_invalid") {
+		t.Errorf("keyless what-if signature step %+v", s)
+	}
 	// Claims are checked as the verifier checks a signed envelope's.
 	x = explainOf(t, f, exchange.ExplainRequest{ClientID: "mcp", Claims: claims(now, func(c *envelope.Claims) { c.Actor.Sub = "*" }),
 		Audience: "orders_api"})
