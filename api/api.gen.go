@@ -122,6 +122,30 @@ func (e ExplanationDecision) Valid() bool {
 	}
 }
 
+// Defines values for GrantRequestStatus.
+const (
+	GrantRequestStatusApproved GrantRequestStatus = "approved"
+	GrantRequestStatusDenied   GrantRequestStatus = "denied"
+	GrantRequestStatusExpired  GrantRequestStatus = "expired"
+	GrantRequestStatusPending  GrantRequestStatus = "pending"
+)
+
+// Valid indicates whether the value is a known member of the GrantRequestStatus enum.
+func (e GrantRequestStatus) Valid() bool {
+	switch e {
+	case GrantRequestStatusApproved:
+		return true
+	case GrantRequestStatusDenied:
+		return true
+	case GrantRequestStatusExpired:
+		return true
+	case GrantRequestStatusPending:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for GrantStatus.
 const (
 	GrantStatusActive  GrantStatus = "active"
@@ -242,23 +266,49 @@ func (e Outcome) Valid() bool {
 	}
 }
 
+// Defines values for UserConsent.
+const (
+	AdminOnly UserConsent = "admin_only"
+	Allowed   UserConsent = "allowed"
+)
+
+// Valid indicates whether the value is a known member of the UserConsent enum.
+func (e UserConsent) Valid() bool {
+	switch e {
+	case AdminOnly:
+		return true
+	case Allowed:
+		return true
+	default:
+		return false
+	}
+}
+
 // AgentID Example: agent_456
 type AgentID = string
 
-// Audience Example: {"allowed_modes":["on_behalf_of"],"created_at":"2026-01-05T10:00:00Z","id":"orders_api","name":"Orders API","resource_uris":["https://orders.example.com/"],"scopes":["orders:read","orders:write"],"token_ttl":300,"updated_at":"2026-01-05T10:00:00Z"}
+// Audience Example: {"allowed_modes":["on_behalf_of"],"created_at":"2026-01-05T10:00:00Z","id":"orders_api","max_consent_duration":2592000,"name":"Orders API","resource_uris":["https://orders.example.com/"],"scopes":["orders:read","orders:write"],"token_ttl":300,"updated_at":"2026-01-05T10:00:00Z","user_consent":"allowed"}
 type Audience struct {
 	AllowedModes []Mode    `json:"allowed_modes"`
 	CreatedAt    time.Time `json:"created_at"`
 
 	// ID Example: webapp-prod
-	ID           ID       `json:"id"`
-	Name         string   `json:"name"`
-	ResourceUris []string `json:"resource_uris"`
-	Scopes       []string `json:"scopes"`
+	ID ID `json:"id"`
+
+	// MaxConsentDuration Seconds; the server default (30 days) when none was set.
+	MaxConsentDuration int      `json:"max_consent_duration"`
+	Name               string   `json:"name"`
+	ResourceUris       []string `json:"resource_uris"`
+	Scopes             []string `json:"scopes"`
 
 	// TokenTTL Absent when the server default applies.
 	TokenTTL  *int      `json:"token_ttl,omitempty"`
 	UpdatedAt time.Time `json:"updated_at"`
+
+	// UserConsent Whether users may grant delegation to this audience themselves, through a grant
+	// request and the consent page (`allowed`), or only admins may (`admin_only`, the
+	// default).
+	UserConsent UserConsent `json:"user_consent"`
 }
 
 // AudienceCreate Absent `token_ttl` means the server default (300).
@@ -270,6 +320,11 @@ type AudienceCreate struct {
 
 	// ID Example: webapp-prod
 	ID ID `json:"id"`
+
+	// MaxConsentDuration The longest grant, in seconds, a user may give for this audience (default 30 days).
+	//
+	// Example: 2592000
+	MaxConsentDuration *MaxConsentDuration `json:"max_consent_duration,omitempty"`
 
 	// Name Example: Web app (production)
 	Name *Name `json:"name,omitempty"`
@@ -284,6 +339,11 @@ type AudienceCreate struct {
 	//
 	// Example: 300
 	TokenTTL *TokenTTL `json:"token_ttl,omitempty"`
+
+	// UserConsent Whether users may grant delegation to this audience themselves, through a grant
+	// request and the consent page (`allowed`), or only admins may (`admin_only`, the
+	// default).
+	UserConsent *UserConsent `json:"user_consent,omitempty"`
 }
 
 // AudienceList defines model for AudienceList.
@@ -297,6 +357,11 @@ type AudienceUpdate struct {
 	// AllowedModes Example: ["on_behalf_of"]
 	AllowedModes *Modes `json:"allowed_modes,omitempty"`
 
+	// MaxConsentDuration The longest grant, in seconds, a user may give for this audience (default 30 days).
+	//
+	// Example: 2592000
+	MaxConsentDuration *MaxConsentDuration `json:"max_consent_duration,omitempty"`
+
 	// Name Example: Web app (production)
 	Name         *Name     `json:"name,omitempty"`
 	ResourceUris *[]string `json:"resource_uris,omitempty"`
@@ -308,6 +373,11 @@ type AudienceUpdate struct {
 	//
 	// Example: 300
 	TokenTTL *TokenTTL `json:"token_ttl,omitempty"`
+
+	// UserConsent Whether users may grant delegation to this audience themselves, through a grant
+	// request and the consent page (`allowed`), or only admins may (`admin_only`, the
+	// default).
+	UserConsent *UserConsent `json:"user_consent,omitempty"`
 }
 
 // AuditList defines model for AuditList.
@@ -565,6 +635,21 @@ type ClientWithSecret struct {
 	UpdatedAt               time.Time  `json:"updated_at"`
 }
 
+// ConsentRecord Present on grants made from an approved grant request.
+//
+// Example: {"approved_at":"2026-01-05T10:00:00Z","approved_by":"user:alice","remote_addr":"192.0.2.7","request_id":"gr_019a7c3e5b10f2a4c6e8d0b1a3","text":"Demo MCP server (demo-mcp) asks to act for you\nApplication: Demo MCP server (demo-mcp)"}
+type ConsentRecord struct {
+	ApprovedAt time.Time `json:"approved_at"`
+
+	// ApprovedBy `user:<sub>` or `admin:<client_id>`.
+	ApprovedBy string  `json:"approved_by"`
+	RemoteAddr *string `json:"remote_addr,omitempty"`
+	RequestID  string  `json:"request_id"`
+
+	// Text The exact text the consent page showed.
+	Text string `json:"text"`
+}
+
 // EnvelopeLifetime Longest accepted `exp - iat` of the client's envelopes, in seconds.
 //
 // Example: 300
@@ -597,6 +682,10 @@ type ExplainRefusal struct {
 
 	// Reason Example: grant_does_not_cover_audience_or_mode
 	Reason string `json:"reason"`
+
+	// UserMayConsent The refusal is for lack of a grant and the audience lets users grant access
+	// themselves: the endpoint's answer names its `grant_request_endpoint` (SPEC §11).
+	UserMayConsent *bool `json:"user_may_consent,omitempty"`
 }
 
 // ExplainRequest An exchange as `client_id` would present it: `subject_token` or `claims`, not both
@@ -618,7 +707,7 @@ type ExplainRequest struct {
 	Resource *string `json:"resource,omitempty"`
 	Scope    *string `json:"scope,omitempty"`
 
-	// SubjectToken A signed envelope (compact JWS).
+	// SubjectToken A signed envelope (compact JWS). Over 8 KiB it is refused as the endpoint refuses it.
 	SubjectToken *string `json:"subject_token,omitempty"`
 }
 
@@ -692,12 +781,19 @@ type FieldError struct {
 
 // Grant Example: {"audiences":["orders_api"],"client_id":"webapp-prod","created_at":"2026-01-05T10:00:00Z","created_by":"mandate-admin","expires_at":"2026-07-01T00:00:00Z","id":"grt_019a7c3e5b10f2a4c6e8d0b1a3","modes":["on_behalf_of"],"not_before":"2026-01-05T10:00:00Z","scopes":["orders:read"],"status":"active","subject":"user_123","tenant":"acme"}
 type Grant struct {
-	AgentID   *string   `json:"agent_id,omitempty"`
-	Audiences []string  `json:"audiences"`
-	ClientID  string    `json:"client_id"`
-	CreatedAt time.Time `json:"created_at"`
+	AgentID   *string  `json:"agent_id,omitempty"`
+	Audiences []string `json:"audiences"`
+	ClientID  string   `json:"client_id"`
 
-	// CreatedBy The admin client that created it.
+	// Consent Present on grants made from an approved grant request.
+	//
+	// Example: {"approved_at":"2026-01-05T10:00:00Z","approved_by":"user:alice","remote_addr":"192.0.2.7","request_id":"gr_019a7c3e5b10f2a4c6e8d0b1a3","text":"Demo MCP server (demo-mcp) asks to act for you\nApplication: Demo MCP server (demo-mcp)"}
+	Consent   *ConsentRecord `json:"consent,omitempty"`
+	CreatedAt time.Time      `json:"created_at"`
+
+	// CreatedBy Who created it: the admin client's id for grants created with `POST /grants`;
+	// `user:<sub>` for a user's approval on the consent page; `admin:<client_id>` for an
+	// admin's approval of a grant request.
 	CreatedBy string    `json:"created_by"`
 	ExpiresAt time.Time `json:"expires_at"`
 
@@ -744,6 +840,54 @@ type GrantList struct {
 	Items      []Grant `json:"items"`
 	NextCursor *string `json:"next_cursor,omitempty"`
 }
+
+// GrantRequest Example: {"agent_id":"agent_456","audiences":["orders_api"],"client_id":"webapp-prod","created_at":"2026-01-05T10:00:00Z","duration":604800,"expires_at":"2026-01-05T10:10:00Z","id":"gr_019a7c3e5b10f2a4c6e8d0b1a3","modes":["on_behalf_of"],"purpose":"Check the status of your orders","scopes":["orders:read"],"status":"pending","subject":"user_123","tenant":"acme"}
+type GrantRequest struct {
+	AgentID   *string    `json:"agent_id,omitempty"`
+	Audiences []string   `json:"audiences"`
+	ClientID  string     `json:"client_id"`
+	CreatedAt time.Time  `json:"created_at"`
+	DecidedAt *time.Time `json:"decided_at,omitempty"`
+
+	// DecidedBy `user:<sub>` or `admin:<client_id>`.
+	DecidedBy *string `json:"decided_by,omitempty"`
+
+	// Duration Seconds the grant lasts from its approval.
+	Duration int `json:"duration"`
+
+	// ExpiresAt It can be decided until then.
+	ExpiresAt time.Time `json:"expires_at"`
+
+	// GrantID The grant an approval created.
+	GrantID *string `json:"grant_id,omitempty"`
+
+	// ID Example: webapp-prod
+	ID      ID                 `json:"id"`
+	Modes   []Mode             `json:"modes"`
+	Purpose *string            `json:"purpose,omitempty"`
+	Scopes  []string           `json:"scopes"`
+	Status  GrantRequestStatus `json:"status"`
+	Subject string             `json:"subject"`
+	Tenant  string             `json:"tenant"`
+}
+
+// GrantRequestDecided defines model for GrantRequestDecided.
+type GrantRequestDecided struct {
+	// Grant Example: {"audiences":["orders_api"],"client_id":"webapp-prod","created_at":"2026-01-05T10:00:00Z","created_by":"mandate-admin","expires_at":"2026-07-01T00:00:00Z","id":"grt_019a7c3e5b10f2a4c6e8d0b1a3","modes":["on_behalf_of"],"not_before":"2026-01-05T10:00:00Z","scopes":["orders:read"],"status":"active","subject":"user_123","tenant":"acme"}
+	Grant *Grant `json:"grant,omitempty"`
+
+	// Request Example: {"agent_id":"agent_456","audiences":["orders_api"],"client_id":"webapp-prod","created_at":"2026-01-05T10:00:00Z","duration":604800,"expires_at":"2026-01-05T10:10:00Z","id":"gr_019a7c3e5b10f2a4c6e8d0b1a3","modes":["on_behalf_of"],"purpose":"Check the status of your orders","scopes":["orders:read"],"status":"pending","subject":"user_123","tenant":"acme"}
+	Request GrantRequest `json:"request"`
+}
+
+// GrantRequestList defines model for GrantRequestList.
+type GrantRequestList struct {
+	Items      []GrantRequest `json:"items"`
+	NextCursor *string        `json:"next_cursor,omitempty"`
+}
+
+// GrantRequestStatus defines model for GrantRequestStatus.
+type GrantRequestStatus string
 
 // GrantRevocation defines model for GrantRevocation.
 type GrantRevocation struct {
@@ -802,6 +946,11 @@ type KeyList struct {
 	Items      []Key   `json:"items"`
 	NextCursor *string `json:"next_cursor,omitempty"`
 }
+
+// MaxConsentDuration The longest grant, in seconds, a user may give for this audience (default 30 days).
+//
+// Example: 2592000
+type MaxConsentDuration = int
 
 // Mode defines model for Mode.
 type Mode string
@@ -868,6 +1017,11 @@ type TenantList = []Tenant
 // Example: 300
 type TokenTTL = int
 
+// UserConsent Whether users may grant delegation to this audience themselves, through a grant
+// request and the consent page (`allowed`), or only admins may (`admin_only`, the
+// default).
+type UserConsent string
+
 // AudienceID Example: webapp-prod
 type AudienceID = ID
 
@@ -879,6 +1033,9 @@ type Cursor = string
 
 // GrantID Example: webapp-prod
 type GrantID = ID
+
+// GrantRequestID Example: webapp-prod
+type GrantRequestID = ID
 
 // Limit defines model for Limit.
 type Limit = int
@@ -938,6 +1095,20 @@ type ListAuditParams struct {
 
 // ListClientsParams defines parameters for ListClients.
 type ListClientsParams struct {
+	// Cursor The `next_cursor` of the previous page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Limit Page size.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+}
+
+// ListGrantRequestsParams defines parameters for ListGrantRequests.
+type ListGrantRequestsParams struct {
+	ClientID *ID                 `form:"client_id,omitempty" json:"client_id,omitempty"`
+	Tenant   *Tenant             `form:"tenant,omitempty" json:"tenant,omitempty"`
+	Subject  *Subject            `form:"subject,omitempty" json:"subject,omitempty"`
+	Status   *GrantRequestStatus `form:"status,omitempty" json:"status,omitempty"`
+
 	// Cursor The `next_cursor` of the previous page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 
@@ -1025,6 +1196,18 @@ type ServerInterface interface {
 	// ExplainExchange Explain what the token endpoint would decide on an exchange
 	// (POST /explain)
 	ExplainExchange(w http.ResponseWriter, r *http.Request)
+	// ListGrantRequests List grant requests
+	// (GET /grant-requests)
+	ListGrantRequests(w http.ResponseWriter, r *http.Request, params ListGrantRequestsParams)
+	// GetGrantRequest Get a grant request
+	// (GET /grant-requests/{grant_request_id})
+	GetGrantRequest(w http.ResponseWriter, r *http.Request, grantRequestID GrantRequestID)
+	// ApproveGrantRequest Approve a grant request as an admin
+	// (POST /grant-requests/{grant_request_id}/approve)
+	ApproveGrantRequest(w http.ResponseWriter, r *http.Request, grantRequestID GrantRequestID)
+	// DenyGrantRequest Deny a grant request as an admin
+	// (POST /grant-requests/{grant_request_id}/deny)
+	DenyGrantRequest(w http.ResponseWriter, r *http.Request, grantRequestID GrantRequestID)
 	// ListGrants List delegation grants
 	// (GET /grants)
 	ListGrants(w http.ResponseWriter, r *http.Request, params ListGrantsParams)
@@ -1124,6 +1307,30 @@ func (_ Unimplemented) RotateClientSecret(w http.ResponseWriter, r *http.Request
 // ExplainExchange Explain what the token endpoint would decide on an exchange
 // (POST /explain)
 func (_ Unimplemented) ExplainExchange(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListGrantRequests List grant requests
+// (GET /grant-requests)
+func (_ Unimplemented) ListGrantRequests(w http.ResponseWriter, r *http.Request, params ListGrantRequestsParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetGrantRequest Get a grant request
+// (GET /grant-requests/{grant_request_id})
+func (_ Unimplemented) GetGrantRequest(w http.ResponseWriter, r *http.Request, grantRequestID GrantRequestID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ApproveGrantRequest Approve a grant request as an admin
+// (POST /grant-requests/{grant_request_id}/approve)
+func (_ Unimplemented) ApproveGrantRequest(w http.ResponseWriter, r *http.Request, grantRequestID GrantRequestID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DenyGrantRequest Deny a grant request as an admin
+// (POST /grant-requests/{grant_request_id}/deny)
+func (_ Unimplemented) DenyGrantRequest(w http.ResponseWriter, r *http.Request, grantRequestID GrantRequestID) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1664,6 +1871,182 @@ func (siw *ServerInterfaceWrapper) ExplainExchange(w http.ResponseWriter, r *htt
 	handler.ServeHTTP(w, r)
 }
 
+// ListGrantRequests operation middleware
+func (siw *ServerInterfaceWrapper) ListGrantRequests(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListGrantRequestsParams
+
+	// ------------- Optional query parameter "client_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "client_id", r.URL.Query(), &params.ClientID, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "client_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "client_id", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "tenant" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "tenant", r.URL.Query(), &params.Tenant, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tenant"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tenant", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "subject" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "subject", r.URL.Query(), &params.Subject, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "subject"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "subject", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "status" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "status", r.URL.Query(), &params.Status, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "status"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "status", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListGrantRequests(w, r, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetGrantRequest operation middleware
+func (siw *ServerInterfaceWrapper) GetGrantRequest(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "grant_request_id" -------------
+	var grantRequestID GrantRequestID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "grant_request_id", chi.URLParam(r, "grant_request_id"), &grantRequestID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "grant_request_id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetGrantRequest(w, r, grantRequestID)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ApproveGrantRequest operation middleware
+func (siw *ServerInterfaceWrapper) ApproveGrantRequest(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "grant_request_id" -------------
+	var grantRequestID GrantRequestID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "grant_request_id", chi.URLParam(r, "grant_request_id"), &grantRequestID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "grant_request_id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ApproveGrantRequest(w, r, grantRequestID)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DenyGrantRequest operation middleware
+func (siw *ServerInterfaceWrapper) DenyGrantRequest(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "grant_request_id" -------------
+	var grantRequestID GrantRequestID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "grant_request_id", chi.URLParam(r, "grant_request_id"), &grantRequestID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "grant_request_id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DenyGrantRequest(w, r, grantRequestID)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // ListGrants operation middleware
 func (siw *ServerInterfaceWrapper) ListGrants(w http.ResponseWriter, r *http.Request) {
 
@@ -2026,6 +2409,18 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/grants/{grant_id}/revoke", wrapper.RevokeGrant)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/grant-requests", wrapper.ListGrantRequests)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/grant-requests/{grant_request_id}", wrapper.GetGrantRequest)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/grant-requests/{grant_request_id}/approve", wrapper.ApproveGrantRequest)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/grant-requests/{grant_request_id}/deny", wrapper.DenyGrantRequest)
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/keys", wrapper.ListKeys)
@@ -3614,6 +4009,442 @@ func (response ExplainExchange500ApplicationProblemPlusJSONResponse) VisitExplai
 	return err
 }
 
+type ListGrantRequestsRequestObject struct {
+	Params ListGrantRequestsParams
+}
+
+type ListGrantRequestsResponseObject interface {
+	VisitListGrantRequestsResponse(w http.ResponseWriter) error
+}
+
+type ListGrantRequests200JSONResponse GrantRequestList
+
+func (response ListGrantRequests200JSONResponse) VisitListGrantRequestsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListGrantRequests400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response ListGrantRequests400ApplicationProblemPlusJSONResponse) VisitListGrantRequestsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListGrantRequests401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response ListGrantRequests401ApplicationProblemPlusJSONResponse) VisitListGrantRequestsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListGrantRequests403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response ListGrantRequests403ApplicationProblemPlusJSONResponse) VisitListGrantRequestsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListGrantRequests500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response ListGrantRequests500ApplicationProblemPlusJSONResponse) VisitListGrantRequestsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetGrantRequestRequestObject struct {
+	GrantRequestID GrantRequestID `json:"grant_request_id"`
+}
+
+type GetGrantRequestResponseObject interface {
+	VisitGetGrantRequestResponse(w http.ResponseWriter) error
+}
+
+type GetGrantRequest200JSONResponse GrantRequest
+
+func (response GetGrantRequest200JSONResponse) VisitGetGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetGrantRequest400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response GetGrantRequest400ApplicationProblemPlusJSONResponse) VisitGetGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetGrantRequest401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response GetGrantRequest401ApplicationProblemPlusJSONResponse) VisitGetGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetGrantRequest403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response GetGrantRequest403ApplicationProblemPlusJSONResponse) VisitGetGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetGrantRequest404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response GetGrantRequest404ApplicationProblemPlusJSONResponse) VisitGetGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetGrantRequest500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response GetGrantRequest500ApplicationProblemPlusJSONResponse) VisitGetGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApproveGrantRequestRequestObject struct {
+	GrantRequestID GrantRequestID `json:"grant_request_id"`
+}
+
+type ApproveGrantRequestResponseObject interface {
+	VisitApproveGrantRequestResponse(w http.ResponseWriter) error
+}
+
+type ApproveGrantRequest200JSONResponse GrantRequestDecided
+
+func (response ApproveGrantRequest200JSONResponse) VisitApproveGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApproveGrantRequest400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response ApproveGrantRequest400ApplicationProblemPlusJSONResponse) VisitApproveGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApproveGrantRequest401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response ApproveGrantRequest401ApplicationProblemPlusJSONResponse) VisitApproveGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApproveGrantRequest403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response ApproveGrantRequest403ApplicationProblemPlusJSONResponse) VisitApproveGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApproveGrantRequest404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response ApproveGrantRequest404ApplicationProblemPlusJSONResponse) VisitApproveGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApproveGrantRequest409ApplicationProblemPlusJSONResponse struct {
+	ConflictApplicationProblemPlusJSONResponse
+}
+
+func (response ApproveGrantRequest409ApplicationProblemPlusJSONResponse) VisitApproveGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApproveGrantRequest500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response ApproveGrantRequest500ApplicationProblemPlusJSONResponse) VisitApproveGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DenyGrantRequestRequestObject struct {
+	GrantRequestID GrantRequestID `json:"grant_request_id"`
+}
+
+type DenyGrantRequestResponseObject interface {
+	VisitDenyGrantRequestResponse(w http.ResponseWriter) error
+}
+
+type DenyGrantRequest200JSONResponse GrantRequestDecided
+
+func (response DenyGrantRequest200JSONResponse) VisitDenyGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DenyGrantRequest400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response DenyGrantRequest400ApplicationProblemPlusJSONResponse) VisitDenyGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DenyGrantRequest401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response DenyGrantRequest401ApplicationProblemPlusJSONResponse) VisitDenyGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DenyGrantRequest403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response DenyGrantRequest403ApplicationProblemPlusJSONResponse) VisitDenyGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DenyGrantRequest404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response DenyGrantRequest404ApplicationProblemPlusJSONResponse) VisitDenyGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DenyGrantRequest409ApplicationProblemPlusJSONResponse struct {
+	ConflictApplicationProblemPlusJSONResponse
+}
+
+func (response DenyGrantRequest409ApplicationProblemPlusJSONResponse) VisitDenyGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DenyGrantRequest500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response DenyGrantRequest500ApplicationProblemPlusJSONResponse) VisitDenyGrantRequestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type ListGrantsRequestObject struct {
 	Params ListGrantsParams
 }
@@ -4266,6 +5097,18 @@ type StrictServerInterface interface {
 	// ExplainExchange Explain what the token endpoint would decide on an exchange
 	// (POST /explain)
 	ExplainExchange(ctx context.Context, request ExplainExchangeRequestObject) (ExplainExchangeResponseObject, error)
+	// ListGrantRequests List grant requests
+	// (GET /grant-requests)
+	ListGrantRequests(ctx context.Context, request ListGrantRequestsRequestObject) (ListGrantRequestsResponseObject, error)
+	// GetGrantRequest Get a grant request
+	// (GET /grant-requests/{grant_request_id})
+	GetGrantRequest(ctx context.Context, request GetGrantRequestRequestObject) (GetGrantRequestResponseObject, error)
+	// ApproveGrantRequest Approve a grant request as an admin
+	// (POST /grant-requests/{grant_request_id}/approve)
+	ApproveGrantRequest(ctx context.Context, request ApproveGrantRequestRequestObject) (ApproveGrantRequestResponseObject, error)
+	// DenyGrantRequest Deny a grant request as an admin
+	// (POST /grant-requests/{grant_request_id}/deny)
+	DenyGrantRequest(ctx context.Context, request DenyGrantRequestRequestObject) (DenyGrantRequestResponseObject, error)
 	// ListGrants List delegation grants
 	// (GET /grants)
 	ListGrants(ctx context.Context, request ListGrantsRequestObject) (ListGrantsResponseObject, error)
@@ -4695,6 +5538,110 @@ func (sh *strictHandler) ExplainExchange(w http.ResponseWriter, r *http.Request)
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(ExplainExchangeResponseObject); ok {
 		if err := validResponse.VisitExplainExchangeResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ListGrantRequests operation middleware
+func (sh *strictHandler) ListGrantRequests(w http.ResponseWriter, r *http.Request, params ListGrantRequestsParams) {
+	var request ListGrantRequestsRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListGrantRequests(ctx, request.(ListGrantRequestsRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListGrantRequests")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListGrantRequestsResponseObject); ok {
+		if err := validResponse.VisitListGrantRequestsResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetGrantRequest operation middleware
+func (sh *strictHandler) GetGrantRequest(w http.ResponseWriter, r *http.Request, grantRequestID GrantRequestID) {
+	var request GetGrantRequestRequestObject
+
+	request.GrantRequestID = grantRequestID
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetGrantRequest(ctx, request.(GetGrantRequestRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetGrantRequest")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetGrantRequestResponseObject); ok {
+		if err := validResponse.VisitGetGrantRequestResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ApproveGrantRequest operation middleware
+func (sh *strictHandler) ApproveGrantRequest(w http.ResponseWriter, r *http.Request, grantRequestID GrantRequestID) {
+	var request ApproveGrantRequestRequestObject
+
+	request.GrantRequestID = grantRequestID
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ApproveGrantRequest(ctx, request.(ApproveGrantRequestRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ApproveGrantRequest")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ApproveGrantRequestResponseObject); ok {
+		if err := validResponse.VisitApproveGrantRequestResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DenyGrantRequest operation middleware
+func (sh *strictHandler) DenyGrantRequest(w http.ResponseWriter, r *http.Request, grantRequestID GrantRequestID) {
+	var request DenyGrantRequestRequestObject
+
+	request.GrantRequestID = grantRequestID
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DenyGrantRequest(ctx, request.(DenyGrantRequestRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DenyGrantRequest")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DenyGrantRequestResponseObject); ok {
+		if err := validResponse.VisitDenyGrantRequestResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {

@@ -68,6 +68,8 @@ type Deps struct {
 	Explain Explainer
 	Logger  *slog.Logger
 	Now     func() time.Time
+	// GrantRequests decides grant requests for admins; nil makes approve and deny fail.
+	GrantRequests GrantRequestDecider
 	// OnChange, when set, is called after every committed change, so caches of clients and
 	// audiences on this replica (package exchange's Catalog) drop what changed at once.
 	OnChange func()
@@ -97,6 +99,7 @@ func NewHandler(d Deps) http.Handler {
 		hasher:  d.Hasher,
 		keys:    d.Keys,
 		explain: d.Explain,
+		decider: d.GrantRequests,
 		log:     d.Logger,
 		now:     func() time.Time { return d.Now().UTC().Truncate(time.Microsecond) },
 	}

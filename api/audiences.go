@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/mandatehq/mandate/storage"
 )
@@ -39,8 +40,15 @@ func (s *server) CreateAudience(ctx context.Context, req CreateAudienceRequestOb
 		Scopes:       copyList(deref(b.Scopes)),
 		AllowedModes: modesIn(deref(b.AllowedModes)),
 		TokenTTL:     seconds(deref(b.TokenTTL)),
+		UserConsent:  storage.ConsentAdminOnly,
 		CreatedAt:    now,
 		UpdatedAt:    now,
+	}
+	if b.UserConsent != nil {
+		a.UserConsent = string(*b.UserConsent)
+	}
+	if b.MaxConsentDuration != nil {
+		a.MaxConsentDuration = seconds(*b.MaxConsentDuration)
 	}
 	var v validation
 	checkResourceURIs(&v, a.ResourceURIs)
@@ -90,6 +98,12 @@ func (s *server) UpdateAudience(ctx context.Context, req UpdateAudienceRequestOb
 			}
 			if mark("token_ttl", b.TokenTTL != nil) {
 				a.TokenTTL = seconds(*b.TokenTTL)
+			}
+			if mark("user_consent", b.UserConsent != nil) {
+				a.UserConsent = string(*b.UserConsent)
+			}
+			if mark("max_consent_duration", b.MaxConsentDuration != nil) {
+				a.MaxConsentDuration = seconds(*b.MaxConsentDuration)
 			}
 			if err := v.err(); err != nil {
 				return err
@@ -166,7 +180,18 @@ func audienceOut(a *storage.Audience) Audience {
 		Scopes:       orEmpty(a.Scopes),
 		AllowedModes: modesOut(a.AllowedModes),
 		TokenTTL:     secondsIf(a.TokenTTL),
-		CreatedAt:    a.CreatedAt.UTC(),
-		UpdatedAt:    a.UpdatedAt.UTC(),
+		// Audiences stored before SPEC §11 read as admin_only with the default limit.
+		UserConsent:        userConsentOut(a),
+		MaxConsentDuration: int(a.ConsentDurationLimit() / time.Second),
+		CreatedAt:          a.CreatedAt.UTC(),
+		UpdatedAt:          a.UpdatedAt.UTC(),
 	}
+}
+
+// userConsentOut reads an audience stored before SPEC §11 (no setting) as admin_only.
+func userConsentOut(a *storage.Audience) UserConsent {
+	if a.AllowsUserConsent() {
+		return UserConsent(storage.ConsentAllowed)
+	}
+	return UserConsent(storage.ConsentAdminOnly)
 }

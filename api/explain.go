@@ -79,7 +79,7 @@ func explanationOut(x *exchange.Explanation) Explanation {
 	}
 	for i := range x.Grants {
 		g := &x.Grants[i]
-		eg := ExplainGrant{Grant: grantOut(&g.Grant, x.At), InForce: g.InForce, Matched: g.Matched, Chosen: g.Chosen,
+		eg := ExplainGrant{Grant: grantOut(&g.Grant, x.At, nil), InForce: g.InForce, Matched: g.Matched, Chosen: g.Chosen,
 			Why: orEmpty(g.Why)}
 		if g.Scopes != nil {
 			eg.EffectiveScopes = &g.Scopes
@@ -105,7 +105,11 @@ func refusalOut(e *exchange.Error) *ExplainRefusal {
 	if e == nil {
 		return nil
 	}
-	return &ExplainRefusal{Error: e.Code, ErrorDescription: e.Description, Reason: e.Reason}
+	out := &ExplainRefusal{Error: e.Code, ErrorDescription: e.Description, Reason: e.Reason}
+	if e.UserMayConsent {
+		out.UserMayConsent = &e.UserMayConsent
+	}
+	return out
 }
 
 // rawJSON encodes v as a JSON object without member drop ("" for none).

@@ -26,9 +26,17 @@ func (s *server) ListGrants(ctx context.Context, req ListGrantsRequestObject) (L
 		return nil, err
 	}
 	now := s.now()
+	ids := make([]string, len(items))
+	for i := range items {
+		ids[i] = items[i].ID
+	}
+	consents, err := s.store.GetConsents(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
 	out := ListGrants200JSONResponse{Items: make([]Grant, 0, len(items)), NextCursor: nextCursor(next)}
 	for i := range items {
-		out.Items = append(out.Items, grantOut(&items[i], now))
+		out.Items = append(out.Items, grantOut(&items[i], now, consentOf(consents, items[i].ID)))
 	}
 	return out, nil
 }
@@ -38,7 +46,11 @@ func (s *server) GetGrant(ctx context.Context, req GetGrantRequestObject) (GetGr
 	if err != nil {
 		return nil, withDetail(err, "no such grant")
 	}
-	return GetGrant200JSONResponse(grantOut(g, s.now())), nil
+	consents, err := s.store.GetConsents(ctx, []string{g.ID})
+	if err != nil {
+		return nil, err
+	}
+	return GetGrant200JSONResponse(grantOut(g, s.now(), consentOf(consents, g.ID))), nil
 }
 
 func (s *server) CreateGrant(ctx context.Context, req CreateGrantRequestObject) (CreateGrantResponseObject, error) {
@@ -118,7 +130,7 @@ func (s *server) CreateGrant(ctx context.Context, req CreateGrantRequestObject) 
 	if err != nil {
 		return nil, err
 	}
-	return CreateGrant201JSONResponse(grantOut(g, now)), nil
+	return CreateGrant201JSONResponse(grantOut(g, now, nil)), nil
 }
 
 func (s *server) RevokeGrant(ctx context.Context, req RevokeGrantRequestObject) (RevokeGrantResponseObject, error) {
@@ -141,7 +153,11 @@ func (s *server) RevokeGrant(ctx context.Context, req RevokeGrantRequestObject) 
 	case err != nil:
 		return nil, err
 	}
-	return RevokeGrant200JSONResponse(grantOut(revoked, now)), nil
+	consents, err := s.store.GetConsents(ctx, []string{revoked.ID})
+	if err != nil {
+		return nil, err
+	}
+	return RevokeGrant200JSONResponse(grantOut(revoked, now, consentOf(consents, revoked.ID))), nil
 }
 
 // grantAudit fills the audit columns an admin filters grant changes by.
@@ -149,7 +165,7 @@ func grantAudit(g *storage.Grant) storage.AuditRecord {
 	return storage.AuditRecord{GrantID: g.ID, Tenant: g.Tenant, ActorSub: g.Subject, AgentID: g.AgentID}
 }
 
-func grantOut(g *storage.Grant, now time.Time) Grant {
+func grantOut(g *storage.Grant, now time.Time, c *storage.ConsentRecord) Grant {
 	out := Grant{
 		ID:           g.ID,
 		Tenant:       g.Tenant,
@@ -167,6 +183,7 @@ func grantOut(g *storage.Grant, now time.Time) Grant {
 		RevokedAt:    timeIf(g.RevokedAt),
 		RevokedBy:    ptrIf(g.RevokedBy),
 		RevokeReason: ptrIf(g.RevokeReason),
+		Consent:      consentOut(c),
 	}
 	return out
 }

@@ -16,6 +16,7 @@ type server struct {
 	hasher  *secret.Hasher
 	keys    KeyAdmin
 	explain Explainer
+	decider GrantRequestDecider
 	log     *slog.Logger
 	now     func() time.Time // UTC, microseconds: what the stores keep
 }

@@ -45,6 +45,10 @@ type wireError struct {
 	Error       string `json:"error"`
 	Description string `json:"error_description,omitempty"`
 	Reason      string `json:"reason"`
+	// GrantRequestEndpoint is set on a refusal for lack of a grant that the user could give
+	// (SPEC §11): where the client can ask them.
+	GrantRequestEndpoint string `json:"grant_request_endpoint,omitempty"`
+	userMayConsent       bool
 }
 
 // Reason codes of failures decided in this package (exchange has its own for decisions).
@@ -54,7 +58,7 @@ const (
 	ReasonClientAuthFailed     = "client_authentication_failed"
 	ReasonUnsupportedGrantType = "unsupported_grant_type"
 	ReasonNotTokenOwner        = "token_not_issued_to_client"
-	ReasonInternalError        = "internal_error"
+	ReasonInternalError        = exchange.ReasonInternalError
 )
 
 // defaultReason is the reason of an oauthError raised without one: each error code of this
@@ -79,7 +83,16 @@ func defaultReason(code string) string {
 // never writes internal text: descriptions come from fixed strings chosen where the error
 // was raised; causes go to the log.
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	writeErrorFor(w, r, log, err, "")
+}
+
+// writeErrorFor is writeError naming issuer's grant request endpoint on refusals the user
+// could lift by granting access.
+func writeErrorFor(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error, issuer string) {
 	status, body := toWire(err)
+	if body.userMayConsent && issuer != "" {
+		body.GrantRequestEndpoint = issuer + PathGrantRequests
+	}
 	if status >= 500 {
 		log.ErrorContext(r.Context(), "oauth request failed", "path", r.URL.Path, "error", body.Error, "cause", chain(err))
 	} else {
@@ -101,38 +114,42 @@ func toWire(err error) (int, wireError) {
 	var fe *fosite.RFC6749Error
 	switch {
 	case errors.Is(err, errUnavailable):
-		return http.StatusServiceUnavailable, wireError{"temporarily_unavailable",
-			"the service is temporarily unavailable; retry later", exchange.ReasonStorageUnavailable}
+		return http.StatusServiceUnavailable, wireError{Error: "temporarily_unavailable",
+			Description: "the service is temporarily unavailable; retry later", Reason: exchange.ReasonStorageUnavailable}
 	case errors.As(err, &oe):
 		reason := oe.reason
 		if reason == "" {
 			reason = defaultReason(oe.code)
 		}
-		return oe.status, wireError{oe.code, oe.description, reason}
+		return oe.status, wireError{Error: oe.code, Description: oe.description, Reason: reason}
 	case errors.As(err, &xe):
 		switch xe.Code {
 		case exchange.CodeServerError:
-			return http.StatusInternalServerError, wireError{xe.Code, "internal error", xe.Reason}
+			return http.StatusInternalServerError, wireError{Error: xe.Code, Description: "internal error", Reason: xe.Reason}
 		case exchange.CodeTemporarilyUnavailable:
-			return http.StatusServiceUnavailable, wireError{xe.Code, xe.Description, xe.Reason}
+			return http.StatusServiceUnavailable, wireError{Error: xe.Code, Description: xe.Description, Reason: xe.Reason}
 		}
-		return http.StatusBadRequest, wireError{xe.Code, xe.Description, xe.Reason}
+		status := http.StatusBadRequest
+		if xe.Reason == exchange.ReasonGrantRequestNotFound {
+			status = http.StatusNotFound
+		}
+		return status, wireError{Error: xe.Code, Description: xe.Description, Reason: xe.Reason, userMayConsent: xe.UserMayConsent}
 	case errors.As(err, &fe):
 		// fosite's descriptions are fixed, generic sentences; its hints and debug text can
 		// name internals and are dropped.
 		switch fe.ErrorField {
 		case "invalid_client", "jti_known":
-			return http.StatusUnauthorized, wireError{"invalid_client", "client authentication failed", ReasonClientAuthFailed}
+			return http.StatusUnauthorized, wireError{Error: "invalid_client", Description: "client authentication failed", Reason: ReasonClientAuthFailed}
 		case "server_error", "misconfiguration", "error":
-			return http.StatusInternalServerError, wireError{"server_error", "internal error", ReasonInternalError}
+			return http.StatusInternalServerError, wireError{Error: "server_error", Description: "internal error", Reason: ReasonInternalError}
 		}
 		status := fe.CodeField
 		if status < 400 || status > 599 {
 			status = http.StatusBadRequest
 		}
-		return status, wireError{fe.ErrorField, fe.DescriptionField, defaultReason(fe.ErrorField)}
+		return status, wireError{Error: fe.ErrorField, Description: fe.DescriptionField, Reason: defaultReason(fe.ErrorField)}
 	}
-	return http.StatusInternalServerError, wireError{"server_error", "internal error", ReasonInternalError}
+	return http.StatusInternalServerError, wireError{Error: "server_error", Description: "internal error", Reason: ReasonInternalError}
 }
 
 // noStore marks a response uncacheable (RFC 6749 §5.1, RFC 7662 §2.2).

@@ -103,7 +103,11 @@ type env struct {
 	grantID string
 }
 
-func newEnv(t testing.TB, store storage.Store) *env {
+func newEnv(t testing.TB, store storage.Store) *env { return newEnvIssuer(t, store, "") }
+
+// newEnvIssuer is newEnv with a fixed issuer ("" = the test server's URL), for the shared
+// vectors, which name theirs.
+func newEnvIssuer(t testing.TB, store storage.Store, issuer string) *env {
 	t.Helper()
 	ctx := context.Background()
 	e := &env{t: t, store: store, clock: &clock{}, secrets: map[string]string{},
@@ -127,6 +131,9 @@ func newEnv(t testing.TB, store storage.Store) *env {
 
 	e.srv = httptest.NewUnstartedServer(nil)
 	e.issuer = "http://" + e.srv.Listener.Addr().String()
+	if issuer != "" {
+		e.issuer = issuer
+	}
 	e.svc, err = exchange.New(exchange.Deps{
 		Store:    store,
 		Verifier: &envelope.Verifier{Issuer: e.issuer, Now: e.clock.Now},

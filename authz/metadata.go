@@ -27,6 +27,8 @@ type metadata struct {
 	RevocationEndpointAuthMethodsSupported     []string `json:"revocation_endpoint_auth_methods_supported"`
 	SubjectTokenTypesSupported                 []string `json:"subject_token_types_supported"`
 	RequestedTokenTypesSupported               []string `json:"requested_token_types_supported"`
+	// GrantRequestEndpoint is where a client asks a user for a grant (SPEC §11).
+	GrantRequestEndpoint string `json:"grant_request_endpoint"`
 }
 
 var authMethods = []string{AuthClientSecretBasic, AuthClientSecretPost, AuthPrivateKeyJWT}
@@ -46,6 +48,7 @@ func (s *Server) handleMetadata() http.Handler {
 		RevocationEndpointAuthMethodsSupported:     authMethods,
 		SubjectTokenTypesSupported:                 []string{envelope.TokenType, envelope.JWTTokenType},
 		RequestedTokenTypesSupported:               []string{exchange.TokenTypeAccessToken, exchange.TokenTypeJWT},
+		GrantRequestEndpoint:                       s.issuer + PathGrantRequests,
 	})
 	if err != nil {
 		panic(err) // a fixed struct of strings always marshals

@@ -11,6 +11,9 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("GET "+PathASMetadata, s.handleMetadata())
 	mux.Handle("GET "+PathOIDCMetadata, s.handleMetadata())
 	mux.Handle("GET "+PathJWKS, s.handleJWKS())
+	mux.Handle("POST "+PathGrantRequests, s.handleCreateGrantRequest())
+	mux.Handle("GET "+PathGrantRequests+"/{id}", s.handleGetGrantRequest())
+	mux.Handle("POST "+PathGrantRequests+"/{id}", s.handleGetGrantRequest())
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", s.handleReadyz())
 	return mux

@@ -44,7 +44,7 @@ func (s *Server) handleToken() http.Handler {
 		ar, err := s.oauth.NewAccessRequest(ctx, r, &tokenSession{})
 		if err != nil {
 			s.auditRefusal(r, form, err)
-			writeError(w, r, s.log, err)
+			writeErrorFor(w, r, s.log, err, s.issuer)
 			return
 		}
 		resp, err := s.oauth.NewAccessResponse(ctx, ar)
@@ -290,7 +290,8 @@ func (h *tokenExchangeHandler) HandleTokenEndpointRequest(ctx context.Context, a
 	case form.Has("actor_token") || form.Has("actor_token_type"):
 		return invalidRequest("actor_token is not supported")
 	case len(form.Get("subject_token")) > maxTokenBytes:
-		return invalidRequest("subject_token is larger than 8 KiB")
+		return &oauthError{code: "invalid_request", reason: exchange.ReasonSubjectTokenTooLarge,
+			description: "subject_token is larger than 8 KiB", status: http.StatusBadRequest}
 	case len(form["audience"])+len(form["resource"]) > maxTargets:
 		return invalidRequest("too many audience and resource values")
 	}

@@ -86,9 +86,9 @@ func TestDecisionTable(t *testing.T) {
 		{name: "requested_token_type saml", notExplained: "requested_token_type", form: func(e *env, f url.Values) {
 			f.Set("requested_token_type", "urn:ietf:params:oauth:token-type:saml2")
 		}, status: 400, code: "invalid_request", reason: "bad_requested_token_type"},
-		{name: "subject_token over 8 KiB", notExplained: "authz refuses it before the decision; the admin API takes at most 8 KiB", form: func(e *env, f url.Values) {
+		{name: "subject_token over 8 KiB", form: func(e *env, f url.Values) {
 			f.Set("subject_token", strings.Repeat("a", 8193))
-		}, status: 400, code: "invalid_request", reason: "malformed_request"},
+		}, status: 400, code: "invalid_request", reason: "subject_token_too_large"},
 		// envelope valid
 		{name: "envelope expired", token: func(e *env) string {
 			tok := e.envelope(clientID, nil)
@@ -299,11 +299,16 @@ var stepOfReason = map[string]string{
 	"client_authentication_failed": exchange.StepClient,
 	"grant_type_not_allowed":       exchange.StepGrantType,
 	"missing_subject_token":        exchange.StepParameters, "missing_target": exchange.StepParameters,
-	"envelope_unknown_kid": exchange.StepSignature, "envelope_bad_format": exchange.StepSignature,
+	"subject_token_too_large": exchange.StepParameters,
+	"envelope_unknown_kid":    exchange.StepSignature, "envelope_bad_format": exchange.StepSignature,
 	"envelope_expired": exchange.StepEnvelope, "envelope_audience_mismatch": exchange.StepEnvelope,
 	"envelope_lifetime_too_long": exchange.StepEnvelope, "envelope_bad_value": exchange.StepEnvelope,
 	"tenant_not_allowed": exchange.StepEnvelope, "act_chain_too_deep": exchange.StepEnvelope,
-	"unknown_audience": exchange.StepTarget, "unknown_resource": exchange.StepTarget,
+	"envelope_alg_not_allowed": exchange.StepSignature, "envelope_wrong_type": exchange.StepSignature,
+	"envelope_bad_signature": exchange.StepSignature, "envelope_not_yet_valid": exchange.StepEnvelope,
+	"envelope_missing_member": exchange.StepEnvelope, "envelope_issuer_mismatch": exchange.StepEnvelope,
+	"envelope_client_mismatch": exchange.StepEnvelope,
+	"unknown_audience":         exchange.StepTarget, "unknown_resource": exchange.StepTarget,
 	"conflicting_targets": exchange.StepTarget, "audience_not_in_envelope": exchange.StepTarget,
 	"audience_not_allowed_for_client": exchange.StepTarget,
 	"mode_not_allowed_for_audience":   exchange.StepMode, "mode_not_allowed_for_client": exchange.StepMode,
@@ -317,8 +322,12 @@ var stepOfReason = map[string]string{
 // reason, refused at the reason's step, every step before it passed, every one after skipped.
 func wantExplainedRefusal(t *testing.T, x *exchange.Explanation, r *response) {
 	t.Helper()
-	if x.Decision != exchange.DecisionRefused || x.Refusal == nil || x.Refusal.Code != r.str("error") || x.Refusal.Reason != r.str("reason") {
-		t.Fatalf("explain: %s %+v; the endpoint answered %s (%s)", x.Decision, x.Refusal, r.str("error"), r.str("reason"))
+	if x.Decision != exchange.DecisionRefused || x.Refusal == nil || x.Refusal.Code != r.str("error") || x.Refusal.Reason != r.str("reason") ||
+		x.Refusal.Description != r.str("error_description") {
+		t.Fatalf("explain: %s %+v; the endpoint answered %s", x.Decision, x.Refusal, r.raw)
+	}
+	if x.Refusal.UserMayConsent != (r.str("grant_request_endpoint") != "") {
+		t.Fatalf("explain: user may consent %v; the endpoint answered %s", x.Refusal.UserMayConsent, r.raw)
 	}
 	want, ok := stepOfReason[x.Refusal.Reason]
 	if !ok {
@@ -338,6 +347,29 @@ func wantExplainedRefusal(t *testing.T, x *exchange.Explanation, r *response) {
 	}
 	if outcome != exchange.OutcomeSkipped {
 		t.Fatalf("explain: no step refused")
+	}
+}
+
+// wantExplainedGrant holds an explanation to the endpoint's token answer r: granted, with the
+// scopes, lifetime and claims (but for the jti) the token carries.
+func (e *env) wantExplainedGrant(t *testing.T, x *exchange.Explanation, r *response) {
+	t.Helper()
+	if x.Decision != exchange.DecisionGranted {
+		t.Fatalf("explain: %s %+v; the endpoint answered %s", x.Decision, x.Refusal, r.raw)
+	}
+	issued := e.wantToken(t, r)
+	if got := strings.Join(x.Scopes, " "); got != r.str("scope") {
+		t.Errorf("scope: endpoint %q, explain %q", r.str("scope"), got)
+	}
+	if got, _ := r.body["expires_in"].(float64); int64(got) != int64(x.Lifetime/time.Second) {
+		t.Errorf("expires_in: endpoint %v, explain %s", got, x.Lifetime)
+	}
+	if issued.JTI == "" {
+		t.Fatal("issued token without jti")
+	}
+	issued.JTI = ""
+	if !reflect.DeepEqual(&issued, x.Claims) {
+		t.Errorf("claims:\n endpoint %+v\n explain  %+v", issued, *x.Claims)
 	}
 }
 
@@ -448,27 +480,10 @@ func TestExplainAgreesOverHTTP(t *testing.T) {
 					tc.form(f)
 				}
 				x := explainRow(t, e, "", f)
-				if x.Decision != exchange.DecisionGranted {
-					t.Fatalf("explain: %s %+v", x.Decision, x.Refusal)
-				}
-				r := e.post("/oauth2/token", clientID, f)
-				issued := e.wantToken(t, r)
-				if got := strings.Join(x.Scopes, " "); got != r.str("scope") {
-					t.Errorf("scope: endpoint %q, explain %q", r.str("scope"), got)
-				}
-				if got, _ := r.body["expires_in"].(float64); int64(got) != int64(x.Lifetime/time.Second) {
-					t.Errorf("expires_in: endpoint %v, explain %s", got, x.Lifetime)
-				}
-				if issued.JTI == "" {
-					t.Fatal("issued token without jti")
-				}
-				issued.JTI = ""
-				if !reflect.DeepEqual(&issued, x.Claims) {
-					t.Errorf("claims:\n endpoint %+v\n explain  %+v", issued, *x.Claims)
-				}
+				e.wantExplainedGrant(t, x, e.post("/oauth2/token", clientID, f))
 				// Used up for this audience: both say so.
 				x = explainRow(t, e, "", f)
-				r = e.post("/oauth2/token", clientID, f)
+				r := e.post("/oauth2/token", clientID, f)
 				wantError(t, r, 400, "invalid_request")
 				wantExplainedRefusal(t, x, r)
 			})

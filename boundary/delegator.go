@@ -80,7 +80,11 @@ type ExchangeError struct {
 	Audience    string
 	Status      int
 	Code        string
+	Reason      string // Mandate's stable reason code (testdata/reasons.json)
 	Description string
+	// GrantRequestEndpoint is set when the user could lift the refusal by granting access
+	// (SPEC §11): RequestGrant asks them there.
+	GrantRequestEndpoint string
 }
 
 func (e *ExchangeError) Error() string {
@@ -230,6 +234,8 @@ type tokenResponse struct {
 	Scope       string `json:"scope"`
 	Error       string `json:"error"`
 	Description string `json:"error_description"`
+	Reason      string `json:"reason"`
+	GrantReqURL string `json:"grant_request_endpoint"`
 }
 
 const maxTokenResponseBytes = 64 << 10
@@ -301,7 +307,8 @@ func (d *Delegator) exchange(ctx context.Context, id *Identity, audience string,
 		if jsonErr != nil || tr.Error == "" {
 			return cachedToken{}, &ExchangeError{Audience: audience, Status: resp.StatusCode, Code: "server_error", Description: fmt.Sprintf("HTTP %d", resp.StatusCode)}
 		}
-		return cachedToken{}, &ExchangeError{Audience: audience, Status: resp.StatusCode, Code: tr.Error, Description: tr.Description}
+		return cachedToken{}, &ExchangeError{Audience: audience, Status: resp.StatusCode, Code: tr.Error,
+			Reason: tr.Reason, Description: tr.Description, GrantRequestEndpoint: tr.GrantReqURL}
 	}
 	if jsonErr != nil || tr.AccessToken == "" || tr.ExpiresIn <= 0 || !strings.EqualFold(tr.TokenType, "Bearer") {
 		return cachedToken{}, fmt.Errorf("boundary: token exchange for %s: malformed answer", audience)

@@ -102,6 +102,18 @@ func (c *Catalog) ForgetGrants(q storage.GrantQuery) {
 	c.mu.Unlock()
 }
 
+// ForgetGrantsOf drops every cached grant list of subject (and of "*") with client in
+// tenant, whichever agent it was for: a grant just created or revoked applies to all of them.
+func (c *Catalog) ForgetGrantsOf(tenant, subject, client string) {
+	c.mu.Lock()
+	for k := range c.grants {
+		if k.tenant == tenant && k.client == client && (k.subject == subject || subject == storage.AnySubject) {
+			delete(c.grants, k)
+		}
+	}
+	c.mu.Unlock()
+}
+
 // InvalidateClient drops the cached client id.
 func (c *Catalog) InvalidateClient(id string) {
 	c.mu.Lock()

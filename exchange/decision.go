@@ -144,7 +144,7 @@ func (e *evaluation) checkSignature(ctx context.Context) error {
 	c := e.req.Client
 	ks, err := e.svc.keySets.For(c)
 	if err != nil {
-		return fail(CodeInvalidRequest, "client_keys_invalid",
+		return fail(CodeInvalidRequest, ReasonClientKeysInvalid,
 			"the client has no usable keys registered to verify the envelope", err)
 	}
 	env, err := e.verifier.Verify(ctx, e.req.SubjectToken, envelope.Client{
@@ -237,17 +237,23 @@ func (e *evaluation) checkGrant(ctx context.Context) error {
 		return unavailable(err)
 	}
 	e.grants = grants
+	var refusal *Error
 	if len(grants) == 0 {
-		return deny(CodeInvalidRequest, ReasonNoActiveGrant,
+		refusal = deny(CodeInvalidRequest, ReasonNoActiveGrant,
 			"no active delegation grant lets this client act for this user")
-	}
-	for i := range grants {
-		if covers(&grants[i], e.aud.ID, e.mode) {
-			return nil
+	} else {
+		for i := range grants {
+			if covers(&grants[i], e.aud.ID, e.mode) {
+				return nil
+			}
 		}
+		refusal = deny(CodeInvalidTarget, ReasonGrantNotCovering,
+			"no active delegation grant covers this audience and delegation mode")
 	}
-	return deny(CodeInvalidTarget, ReasonGrantNotCovering,
-		"no active delegation grant covers this audience and delegation mode")
+	// The user could lift either refusal by granting access, where the audience lets them
+	// (SPEC §11): the answer then names the grant request endpoint.
+	refusal.UserMayConsent = e.aud.AllowsUserConsent()
+	return refusal
 }
 
 // grantQuery asks for the grants in force for the envelope's actor and agent, now.
@@ -379,7 +385,7 @@ func (e *evaluation) tokenClaims(jti string) TokenClaims {
 // an envelope refusal at all.
 func envelopeRefusal(err error) (ee *envelope.Error, refusal *Error) {
 	if !errors.As(err, &ee) {
-		return nil, fail(CodeServerError, "envelope_verification_failed", "the envelope could not be verified", err)
+		return nil, fail(CodeServerError, ReasonInternalError, "the envelope could not be verified", err)
 	}
 	if ee.Reason == envelope.ReasonKeysUnavailable {
 		return ee, fail(CodeTemporarilyUnavailable, ReasonKeysUnavailable,

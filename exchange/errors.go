@@ -44,6 +44,8 @@ const (
 	ReasonGrantRevoked           = "grant_revoked"
 	ReasonStorageUnavailable     = "storage_unavailable"
 	ReasonKeysUnavailable        = "client_keys_unavailable"
+	ReasonClientKeysInvalid      = "client_keys_invalid"
+	ReasonInternalError          = "internal_error"
 	ReasonSigningFailed          = "signing_failed"
 	ReasonGranted                = "granted"
 )
@@ -54,7 +56,10 @@ type Error struct {
 	Code        string
 	Reason      string
 	Description string
-	cause       error
+	// UserMayConsent marks a refusal for lack of a grant where the audience lets users grant
+	// access themselves: the client may ask the user through a grant request (SPEC §11).
+	UserMayConsent bool
+	cause          error
 }
 
 func (e *Error) Error() string {

@@ -356,7 +356,11 @@ func (e *evaluation) describe(name string, err error) string {
 		return fmt.Sprintf("mode %s; audience allowed_modes %s; client allowed_modes %s",
 			e.mode, modes(e.aud.AllowedModes), orAny(c.AllowedModes))
 	case StepGrant:
-		return e.describeGrant()
+		d := e.describeGrant()
+		if r := AsError(err); r != nil && r.UserMayConsent {
+			d += "; audience " + e.aud.ID + " lets users grant access themselves, so the answer names the grant request endpoint"
+		}
+		return d
 	case StepScopes:
 		return e.describeScopes(err)
 	case StepLifetime:

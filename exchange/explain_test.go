@@ -176,8 +176,9 @@ type input struct {
 }
 
 // check runs Explain and then the endpoint on in, and fails the test where they disagree.
-// It returns whether the exchange was granted.
-func (a *agreement) check(in *input, explainAt bool) bool {
+// It returns whether the exchange was granted, and whether its refusal said the user may
+// grant access.
+func (a *agreement) check(in *input, explainAt bool) (granted, userMayConsent bool) {
 	t := a.t
 	t.Helper()
 	if in.token == "" {
@@ -224,7 +225,7 @@ func (a *agreement) check(in *input, explainAt bool) bool {
 			sameDecision(t, where+" what-if", x, w)
 		}
 	}
-	return err == nil
+	return err == nil, x.Refusal != nil && x.Refusal.UserMayConsent
 }
 
 // compare holds an explanation to what the endpoint did.
@@ -238,7 +239,8 @@ func compare(t *testing.T, where string, x *exchange.Explanation, res *exchange.
 		if x.Decision != exchange.DecisionRefused || x.Refusal == nil {
 			t.Fatalf("%s: endpoint refused %s (%s), explain says %s", where, e.Code, e.Reason, x.Decision)
 		}
-		if x.Refusal.Code != e.Code || x.Refusal.Reason != e.Reason || x.Refusal.Description != e.Description {
+		if x.Refusal.Code != e.Code || x.Refusal.Reason != e.Reason || x.Refusal.Description != e.Description ||
+			x.Refusal.UserMayConsent != e.UserMayConsent {
 			t.Fatalf("%s: endpoint refused %s/%s %q, explain %s/%s %q", where, e.Code, e.Reason, e.Description,
 				x.Refusal.Code, x.Refusal.Reason, x.Refusal.Description)
 		}
@@ -371,6 +373,9 @@ func (a *agreement) populate(r *mrand.Rand, world int) {
 		host := strings.TrimSuffix(id, "_api")
 		aud := &storage.Audience{ID: id, ResourceURIs: []string{"https://" + host + ".test"}, Scopes: genAudiences[id],
 			TokenTTL: pick(r, []time.Duration{0, 0, 600 * time.Second, 45 * time.Second}), CreatedAt: created, UpdatedAt: created}
+		if chance(r, 50) { // refusals for lack of a grant then tell the client to ask the user
+			aud.UserConsent = storage.ConsentAllowed
+		}
 		if chance(r, 30) {
 			aud.AllowedModes = subset(r, genModes, true)
 			if chance(r, 60) && !slices.Contains(aud.AllowedModes, envelope.ModeOnBehalfOf) {
@@ -544,7 +549,7 @@ func TestExplainAgreesWithExchange(t *testing.T) {
 			seed := agreementSeed(t)
 			r := mrand.New(mrand.NewPCG(seed, 1))
 			const worlds, inputs = 16, 25
-			total, granted := 0, 0
+			total, granted, consent := 0, 0, 0
 			reasons := map[string]int{}
 			for w := range worlds {
 				now := time.Now().Add(90*24*time.Hour + time.Duration(r.IntN(3600))*time.Second +
@@ -560,9 +565,13 @@ func TestExplainAgreesWithExchange(t *testing.T) {
 						prev.name = name + " (replay of " + prev.name + ")"
 						in = &prev
 					}
-					if a.check(in, chance(r, 50)) {
+					ok, mayConsent := a.check(in, chance(r, 50))
+					if ok {
 						granted++
 						used = append(used, in)
+					}
+					if mayConsent {
+						consent++
 					}
 					total++
 				}
@@ -570,7 +579,11 @@ func TestExplainAgreesWithExchange(t *testing.T) {
 					reasons[rec]++
 				}
 			}
-			t.Logf("%d inputs (each also as a what-if): %d granted; reasons %v", total, granted, reasons)
+			t.Logf("%d inputs (each also as a what-if): %d granted, %d refused naming the grant request endpoint; reasons %v",
+				total, granted, consent, reasons)
+			if consent == 0 {
+				t.Errorf("no refusal said the user may consent")
+			}
 			// The generator must reach the decisions it is meant to compare.
 			for _, want := range []string{exchange.ReasonGranted, exchange.ReasonNoActiveGrant, exchange.ReasonGrantNotCovering,
 				exchange.ReasonScopeNotAllowed, exchange.ReasonNoScope, exchange.ReasonReplay, exchange.ReasonTenantNotAllowed,
@@ -836,8 +849,20 @@ func TestExplainWhatIfAndAt(t *testing.T) {
 	// Two hours on, the grant has expired: no grant in force, and the report says so.
 	later := now.Add(2 * time.Hour)
 	x = explainOf(t, f, exchange.ExplainRequest{ClientID: "mcp", Claims: claims(later, nil), Audience: "orders_api", At: later})
-	if x.Refusal == nil || x.Refusal.Reason != exchange.ReasonNoActiveGrant || !x.At.Equal(later) {
+	if x.Refusal == nil || x.Refusal.Reason != exchange.ReasonNoActiveGrant || !x.At.Equal(later) || x.Refusal.UserMayConsent ||
+		strings.Contains(stepOf(t, x, exchange.StepGrant).Detail, "grant request endpoint") {
 		t.Fatalf("at +2h: %+v", x.Refusal)
+	}
+	// Where users may grant access themselves, the refusal says so.
+	if _, err := f.store.UpdateAudience(context.Background(), "orders_api", func(a *storage.Audience) error {
+		a.UserConsent = storage.ConsentAllowed
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	x = explainOf(t, f, exchange.ExplainRequest{ClientID: "mcp", Claims: claims(later, nil), Audience: "orders_api", At: later})
+	if x.Refusal == nil || !x.Refusal.UserMayConsent || !strings.Contains(stepOf(t, x, exchange.StepGrant).Detail, "grant request endpoint") {
+		t.Fatalf("at +2h, user consent allowed: %+v %q", x.Refusal, stepOf(t, x, exchange.StepGrant).Detail)
 	}
 	wantWhy(t, grantReport(t, x, f.grantID), "expired at")
 	// A signed envelope made now has expired by then.

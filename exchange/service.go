@@ -42,6 +42,8 @@ type Config struct {
 	DefaultTokenTTL time.Duration
 	// CacheTTL is how long clients and audiences are cached; negative disables the cache.
 	CacheTTL time.Duration
+	// GrantRequestLifetime is how long a grant request can be decided (SPEC §11).
+	GrantRequestLifetime time.Duration
 }
 
 // Deps are the Service's collaborators.
@@ -87,6 +89,9 @@ func New(d Deps, cfg Config) (*Service, error) {
 	}
 	if cfg.CacheTTL == 0 {
 		cfg.CacheTTL = DefaultCacheTTL
+	}
+	if cfg.GrantRequestLifetime <= 0 {
+		cfg.GrantRequestLifetime = DefaultGrantRequestLifetime
 	}
 	s := &Service{store: d.Store, verifier: d.Verifier, keySets: d.KeySets, catalog: d.Catalog,
 		signer: d.Signer, now: d.Now, log: d.Logger, cfg: cfg}
@@ -217,7 +222,7 @@ func (s *Service) sign(claims *TokenClaims) (string, error) {
 func (s *Service) audit(ctx context.Context, now time.Time, rec *storage.AuditRecord, err error) {
 	e := AsError(err)
 	if e == nil {
-		e = fail(CodeServerError, "internal_error", "", err)
+		e = fail(CodeServerError, ReasonInternalError, "", err)
 	}
 	rec.ID, rec.Time, rec.Reason = storage.NewID("evt"), now, e.Reason
 	rec.Outcome = storage.OutcomeDenied

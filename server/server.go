@@ -18,6 +18,7 @@ import (
 
 	"github.com/mandatehq/mandate/api"
 	"github.com/mandatehq/mandate/authz"
+	"github.com/mandatehq/mandate/consent"
 	"github.com/mandatehq/mandate/envelope"
 	"github.com/mandatehq/mandate/exchange"
 	"github.com/mandatehq/mandate/keys"
@@ -39,6 +40,10 @@ type Options struct {
 	// BootstrapAdminSecret, when set, is the secret of the admin client created on a store
 	// that has none (otherwise one is generated).
 	BootstrapAdminSecret string
+	// OIDC is the organisation's sign-in provider for the consent pages (SPEC §11); nil
+	// leaves them saying that sign-in is not configured (grant requests still work, and
+	// admins can decide them).
+	OIDC *consent.OIDCConfig
 	// Pprof serves /debug/pprof on the admin handler.
 	Pprof  bool
 	Logger *slog.Logger
@@ -54,6 +59,8 @@ type Server struct {
 	log     *slog.Logger
 	keys    *keys.Manager
 	oauth   *authz.Server
+	consent *consent.Handler
+	public  *http.ServeMux
 	admin   http.Handler
 	metrics *metrics
 	pprof   bool
@@ -132,13 +139,24 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		Logger:   o.Logger,
 		Ready:    s.Ready,
 	})
+	s.consent = consent.New(consent.Deps{
+		Issuer: o.Issuer, Store: store, Exchange: svc, OIDC: o.OIDC, Logger: o.Logger,
+	})
+	// The consent pages beside the OAuth endpoints, on the public listener.
+	s.public = http.NewServeMux()
+	s.public.Handle(consent.PathConsent, s.consent)
+	s.public.Handle(consent.PathConsent+"/", s.consent)
+	s.public.Handle(consent.PathAccount, s.consent)
+	s.public.Handle(consent.PathAccount+"/", s.consent)
+	s.public.Handle("/", s.oauth)
 	s.admin = api.NewHandler(api.Deps{
-		Store:   store,
-		Hasher:  hasher,
-		Auth:    adminAuth{s.oauth},
-		Keys:    s.keys,
-		Explain: svc,
-		Logger:  o.Logger,
+		Store:         store,
+		Hasher:        hasher,
+		Auth:          adminAuth{s.oauth},
+		Keys:          s.keys,
+		Explain:       svc,
+		GrantRequests: svc,
+		Logger:        o.Logger,
 		// Admin changes are rare: dropping the whole cache after each is simplest and exact.
 		// Other replicas see a change within the cache TTL (exchange.DefaultCacheTTL).
 		OnChange: svc.Catalog().InvalidateAll,
@@ -160,7 +178,7 @@ func (s *Server) Ready(ctx context.Context) error {
 }
 
 // PublicHandler serves the OAuth endpoints, metadata, JWKS and health checks.
-func (s *Server) PublicHandler() http.Handler { return withRequestID(s.metrics.instrument(s.oauth)) }
+func (s *Server) PublicHandler() http.Handler { return withRequestID(s.metrics.instrument(s.public)) }
 
 // AdminHandler serves /admin/v1, /metrics and, when enabled, /debug/pprof. It belongs on a
 // listener that only operators reach.
@@ -210,7 +228,8 @@ func (s *Server) collectGarbage(ctx context.Context, every time.Duration) {
 		now := time.Now()
 		marks, err1 := s.store.DeleteExpiredReplayMarks(ctx, now)
 		revs, err2 := s.store.DeleteExpiredTokens(ctx, now.Add(-time.Minute))
-		if err := errors.Join(err1, err2); err != nil && ctx.Err() == nil {
+		_, err3 := s.store.DeleteExpiredSessions(ctx, now, now.Add(-s.consent.IdleTimeout()))
+		if err := errors.Join(err1, err2, err3); err != nil && ctx.Err() == nil {
 			s.log.Warn("garbage collection failed", "err", err)
 			continue
 		}

@@ -30,6 +30,9 @@ type Store interface {
 	ReplayStore
 	TokenStore
 	AuditStore
+	GrantRequestStore
+	ConsentStore
+	SessionStore
 
 	// InTx runs fn in one transaction. fn's error rolls it back and is returned as is.
 	// Transactions do not nest: calling InTx on a Store handed to fn runs fn in the same
@@ -160,8 +163,33 @@ type Audience struct {
 	Scopes       []string
 	AllowedModes []string
 	TokenTTL     time.Duration // 0: the default
-	CreatedAt    time.Time
-	UpdatedAt    time.Time
+	// UserConsent says whether users may grant delegation to this audience themselves
+	// (ConsentAllowed) or only admins may (ConsentAdminOnly; "" means the same).
+	UserConsent string
+	// MaxConsentDuration bounds a grant a user gives (0: DefaultMaxConsentDuration).
+	MaxConsentDuration time.Duration
+	CreatedAt          time.Time
+	UpdatedAt          time.Time
+}
+
+// Audience.UserConsent values.
+const (
+	ConsentAllowed   = "allowed"
+	ConsentAdminOnly = "admin_only"
+)
+
+// DefaultMaxConsentDuration is an audience's MaxConsentDuration when it sets none (SPEC §11).
+const DefaultMaxConsentDuration = 30 * 24 * time.Hour
+
+// AllowsUserConsent reports whether users may consent to a on their own.
+func (a *Audience) AllowsUserConsent() bool { return a.UserConsent == ConsentAllowed }
+
+// ConsentDurationLimit is the longest grant a user may give for a.
+func (a *Audience) ConsentDurationLimit() time.Duration {
+	if a.MaxConsentDuration > 0 {
+		return a.MaxConsentDuration
+	}
+	return DefaultMaxConsentDuration
 }
 
 // AudienceStore keeps audiences.
@@ -399,4 +427,132 @@ type AuditStore interface {
 	AppendAudit(ctx context.Context, r *AuditRecord) error
 	// ListAudit returns records newest first (by Time, then ID).
 	ListAudit(ctx context.Context, f AuditFilter) (items []AuditRecord, next string, err error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grant requests, consent records and sign-in sessions (SPEC §11)
+
+// Grant request states as stored. GrantRequestExpired is never stored: a pending request
+// past its ExpiresAt reads as expired (GrantRequest.Status).
+const (
+	GrantRequestPending  = "pending"
+	GrantRequestApproved = "approved"
+	GrantRequestDenied   = "denied"
+	GrantRequestExpired  = "expired"
+)
+
+// GrantRequest is a client asking that a user (or an admin) grant it delegation: the grant it
+// would become, and what became of it.
+type GrantRequest struct {
+	ID        string
+	ClientID  string
+	Tenant    string
+	Subject   string
+	AgentID   string // "": any agent of the client
+	Audiences []string
+	Scopes    []string
+	Modes     []string
+	Duration  time.Duration // how long the grant lasts from its approval
+	Purpose   string        // the client's words, shown to the user
+	State     string        // pending | approved | denied
+	CreatedAt time.Time
+	ExpiresAt time.Time // a pending request can no longer be decided from then on
+	DecidedAt time.Time // zero while pending
+	DecidedBy string    // "user:<sub>" or "admin:<client_id>"
+	GrantID   string    // the grant an approval created
+}
+
+// Status is the request's state at now: a pending request past its expiry is expired.
+func (r *GrantRequest) Status(now time.Time) string {
+	if r.State == GrantRequestPending && !now.Before(r.ExpiresAt) {
+		return GrantRequestExpired
+	}
+	return r.State
+}
+
+// GrantRequestFilter narrows ListGrantRequests; empty fields do not filter. Status is
+// evaluated at Now.
+type GrantRequestFilter struct {
+	ClientID string
+	Tenant   string
+	Subject  string
+	Status   string
+	Now      time.Time
+	Page
+}
+
+// GrantRequestDecision is how a pending request is closed.
+type GrantRequestDecision struct {
+	State     string // GrantRequestApproved or GrantRequestDenied
+	DecidedBy string
+	DecidedAt time.Time
+	GrantID   string // with an approval
+}
+
+// GrantRequestStore keeps grant requests. A request is decided once.
+type GrantRequestStore interface {
+	// CreateGrantRequest stores r; ErrConflict when the id is taken.
+	CreateGrantRequest(ctx context.Context, r *GrantRequest) error
+	GetGrantRequest(ctx context.Context, id string) (*GrantRequest, error)
+	// ListGrantRequests returns requests newest first (by id, which sorts by creation).
+	ListGrantRequests(ctx context.Context, f GrantRequestFilter) (items []GrantRequest, next string, err error)
+	// DecideGrantRequest closes a request that is pending and unexpired at d.DecidedAt, and
+	// returns it as decided. ErrNotFound when there is no such request; ErrConflict when it
+	// was already decided or has expired. Of any number of concurrent deciders exactly one
+	// succeeds.
+	DecideGrantRequest(ctx context.Context, id string, d GrantRequestDecision) (*GrantRequest, error)
+}
+
+// ConsentRecord is the durable proof that someone approved a grant: who, when, from where,
+// through which request, and the exact text they were shown. It lives as long as its grant.
+type ConsentRecord struct {
+	GrantID    string
+	RequestID  string
+	ApprovedBy string // "user:<sub>" or "admin:<client_id>"
+	ApprovedAt time.Time
+	RemoteAddr string
+	Text       string
+}
+
+// ConsentStore keeps consent records, one per grant at most.
+type ConsentStore interface {
+	// CreateConsent stores c; ErrConflict when its grant already has one. The grant must
+	// exist.
+	CreateConsent(ctx context.Context, c *ConsentRecord) error
+	// GetConsents returns the consent records of the grants named (in no particular order);
+	// grants without one are left out.
+	GetConsents(ctx context.Context, grantIDs []string) ([]ConsentRecord, error)
+}
+
+// Session is a browser's server-side session on the consent and account pages. Before
+// sign-in it holds the OpenID Connect login's state, nonce and PKCE verifier; after, the
+// signed-in user. The cookie carries a random value; ID is its hash, so a copy of the store
+// does not yield live cookies.
+type Session struct {
+	ID            string
+	Subject       string // "" until signed in
+	Tenant        string
+	Name          string // for display
+	CSRFToken     string
+	LoginState    string
+	LoginNonce    string
+	LoginVerifier string
+	ReturnTo      string // a local path to go back to after sign-in
+	CreatedAt     time.Time
+	LastSeenAt    time.Time
+	ExpiresAt     time.Time // absolute end
+}
+
+// SessionStore keeps sessions.
+type SessionStore interface {
+	// CreateSession stores s; ErrConflict when the id is taken.
+	CreateSession(ctx context.Context, s *Session) error
+	GetSession(ctx context.Context, id string) (*Session, error)
+	// TouchSession sets LastSeenAt; ErrNotFound when there is no such session.
+	TouchSession(ctx context.Context, id string, at time.Time) error
+	// DeleteSession removes the session; ErrNotFound when there is none.
+	DeleteSession(ctx context.Context, id string) error
+	// DeleteExpiredSessions removes sessions whose ExpiresAt is before now, or that were
+	// last seen before idleSince, and says how many.
+	DeleteExpiredSessions(ctx context.Context, now, idleSince time.Time) (int64, error)
 }

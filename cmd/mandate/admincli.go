@@ -21,21 +21,6 @@ import (
 	"time"
 )
 
-const adminUsage = `Usage: mandate <resource> <verb> [arguments] [flags]
-
-  clients   list | get ID | create | update ID | delete ID | rotate-secret ID [--grace 1h]
-  audiences list | get ID | create --id ID | update ID | delete ID
-  grants    list | get ID | create | revoke ID --reason TEXT
-  keys      list | rotate
-  audit     list
-
-Every command takes --admin-url (MANDATE_ADMIN_URL, default http://127.0.0.1:8081) and --json
-(print the API's JSON instead of a table). Credentials come from the environment:
-MANDATE_ADMIN_CLIENT_ID (default mandate-admin) and MANDATE_ADMIN_CLIENT_SECRET, exchanged for a
-token at MANDATE_ISSUER/oauth2/token (default http://localhost:8080); or MANDATE_ADMIN_TOKEN, a
-bearer token used as is. Run "mandate <resource> <verb> -h" for a command's flags.
-`
-
 // adminCmd is one resource verb.
 type adminCmd struct {
 	args string // positional arguments, for usage ("" or "ID")
@@ -87,40 +72,49 @@ var adminCommands = map[string]map[string]adminCmd{
 // runAdmin runs `mandate <resource> <verb> ...`; args starts with the resource.
 func runAdmin(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, adminUsage)
+		printUsage(stderr)
 		return usagef("admin: name a resource")
 	}
 	verbs, ok := adminCommands[args[0]]
 	if !ok {
-		fmt.Fprint(stderr, adminUsage)
+		printUsage(stderr)
 		return usagef("unknown resource %q", args[0])
 	}
 	resource, rest := args[0], args[1:]
+	if len(rest) > 0 && isHelp(rest[0]) {
+		printGroup(stdout, resource, adminVerbSummaries[resource])
+		return nil
+	}
 	verb := "list"
 	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		verb, rest = rest[0], rest[1:]
 	}
-	if verb == "help" {
-		fmt.Fprint(stdout, adminUsage)
-		return nil
-	}
 	cmd, ok := verbs[verb]
 	if !ok {
-		fmt.Fprint(stderr, adminUsage)
+		printGroup(stderr, resource, adminVerbSummaries[resource])
 		return usagef("unknown command %q for %s", verb, resource)
 	}
 
 	name := "mandate " + resource + " " + verb
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned as usage errors; -h prints below
-	adminURL := fs.String("admin-url", envOr(getenv, "MANDATE_ADMIN_URL", "http://127.0.0.1:8081"), "admin listener URL [MANDATE_ADMIN_URL]")
+	adminURL := fs.String("admin-url", envOr(getenv, "MANDATE_ADMIN_URL", "http://127.0.0.1:8081"), "admin listener URL")
 	asJSON := fs.Bool("json", false, "print the API's JSON answer")
 	build := cmd.flags(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(stdout, "Usage: %s %s[flags]\n\nFlags:\n", name, cmd.args+strings.Repeat(" ", min(len(cmd.args), 1)))
-		fs.SetOutput(stdout)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
+		var summary string
+		for _, v := range adminVerbSummaries[resource] {
+			if strings.Fields(v[0])[0] == verb {
+				summary = strings.ToUpper(v[1][:1]) + v[1][1:] + ", over the admin API."
+			}
+		}
+		titleLine(stdout, name+" "+cmd.args+strings.Repeat(" ", min(len(cmd.args), 1))+"[flags]", summary)
+		printFlags(stdout, fs, func(f string) string {
+			if f == "admin-url" {
+				return "MANDATE_ADMIN_URL"
+			}
+			return ""
+		}, adminEnv)
 	}
 	line, err := parseInterleaved(fs, rest)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/mandatehq/mandate/api"
+	"github.com/mandatehq/mandate/consent"
 	"github.com/mandatehq/mandate/server"
 	"github.com/mandatehq/mandate/storage"
 )
@@ -29,7 +30,13 @@ func newApp(ctx context.Context, cfg *config, log *slog.Logger, stdout io.Writer
 	if err != nil {
 		return nil, err
 	}
+	var signIn *consent.OIDCConfig
+	if cfg.OIDCIssuer != "" {
+		signIn = &consent.OIDCConfig{Issuer: cfg.OIDCIssuer, ClientID: cfg.OIDCClientID,
+			ClientSecret: cfg.OIDCClientSecret, TenantClaim: cfg.OIDCTenantClaim}
+	}
 	srv, err := server.New(ctx, server.Options{
+		OIDC:                 signIn,
 		Store:                store,
 		Master:               master,
 		Issuer:               cfg.Issuer,

@@ -60,6 +60,9 @@ type benchConfig struct {
 func parseBenchConfig(args []string, getenv func(string) string, stdout io.Writer) (*benchConfig, error) {
 	c := &benchConfig{}
 	fe := newFlagSet("bench", stdout)
+	fe.describe("Provisions a throw-away audience, client and grant on a running Mandate, signs envelopes\n"+
+		"before the clock starts, runs a closed-loop token-exchange load and reports throughput and\n"+
+		"latency. What it created is removed afterwards.", adminEnv[:3]...)
 	fe.string(&c.URL, "url", "MANDATE_URL", envOr(getenv, "MANDATE_ISSUER", "http://localhost:8080"), "Mandate's public listener (where /oauth2/token is)")
 	fe.string(&c.Issuer, "issuer", "MANDATE_ISSUER", "", "Mandate's issuer, the envelopes' aud (default: read from --url's metadata)")
 	fe.string(&c.AdminURL, "admin-url", "MANDATE_ADMIN_URL", "http://127.0.0.1:8081", "Mandate's admin listener")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
@@ -30,7 +29,11 @@ type config struct {
 	LogLevel         string
 	LogFormat        string
 	Pprof            bool
+	OIDCIssuer       string
+	OIDCClientID     string
+	OIDCTenantClaim  string
 
+	OIDCClientSecret     string // MANDATE_OIDC_CLIENT_SECRET (or MANDATE_OIDC_CLIENT_SECRET_FILE)
 	Secret               string // MANDATE_SECRET
 	SecretFile           string // MANDATE_SECRET_FILE
 	BootstrapAdminSecret string // MANDATE_BOOTSTRAP_ADMIN_SECRET
@@ -45,8 +48,10 @@ func isPostgres(db string) bool {
 
 // flagEnv binds flag names to their environment variables.
 type flagEnv struct {
-	fs  *flag.FlagSet
-	env map[string]string // flag name → variable
+	fs      *flag.FlagSet
+	env     map[string]string // flag name → variable
+	summary string            // one line for --help
+	vars    []envVar          // variables read without a flag, for --help
 }
 
 func newFlagSet(name string, stdout io.Writer) *flagEnv {
@@ -54,20 +59,19 @@ func newFlagSet(name string, stdout io.Writer) *flagEnv {
 	fs.SetOutput(io.Discard) // errors are ours to word; -h prints below
 	fe := &flagEnv{fs: fs, env: map[string]string{}}
 	fs.Usage = func() {
-		fmt.Fprintf(stdout, "Usage: mandate %s [flags]\n\nFlags (each also read from its variable):\n", name)
-		fs.VisitAll(func(f *flag.Flag) {
-			def := ""
-			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" {
-				def = fmt.Sprintf(" (default %s)", f.DefValue)
-			}
-			env := ""
-			if fe.env[f.Name] != "" {
-				env = " [" + fe.env[f.Name] + "]"
-			}
-			fmt.Fprintf(stdout, "  --%-20s %s%s%s\n", f.Name, f.Usage, def, env)
-		})
+		summary := fe.summary
+		if summary == "" {
+			summary = summaryOf(name)
+		}
+		titleLine(stdout, "mandate "+name+" [flags]", summary)
+		printFlags(stdout, fs, func(f string) string { return fe.env[f] }, fe.vars)
 	}
 	return fe
+}
+
+// describe sets what --help says besides the flags.
+func (fe *flagEnv) describe(summary string, vars ...envVar) {
+	fe.summary, fe.vars = summary, vars
 }
 
 func (fe *flagEnv) string(p *string, name, env, def, usage string) {
@@ -117,6 +121,9 @@ func (fe *flagEnv) parse(args []string, getenv func(string) string) error {
 func parseServeConfig(args []string, getenv func(string) string, stdout io.Writer) (*config, error) {
 	c := &config{}
 	fe := newFlagSet("serve", stdout)
+	fe.describe("Runs Mandate: the public listener (token, introspection, revocation, metadata, JWKS,\n"+
+		"health) and the admin listener (/admin/v1, /metrics). With no flags it uses the SQLite file\n"+
+		"mandate.db and prints the bootstrap admin credentials on its first start.", serveEnv...)
 	c.bindShared(fe)
 	fe.string(&c.Issuer, "issuer", "MANDATE_ISSUER", "http://localhost:8080", "issuer URL (no trailing slash); envelopes' aud must equal it")
 	fe.string(&c.PublicAddr, "public-addr", "MANDATE_PUBLIC_ADDR", ":8080", "public listener: token, introspection, revocation, metadata, JWKS")
@@ -129,8 +136,19 @@ func parseServeConfig(args []string, getenv func(string) string, stdout io.Write
 	fe.string(&c.LogLevel, "log-level", "MANDATE_LOG_LEVEL", "info", "debug, info, warn or error")
 	fe.string(&c.LogFormat, "log-format", "MANDATE_LOG_FORMAT", "auto", "text, json, or auto (text on a terminal, JSON otherwise)")
 	fe.bool(&c.Pprof, "pprof", "MANDATE_PPROF", false, "serve /debug/pprof on the admin listener")
+	fe.string(&c.OIDCIssuer, "oidc-issuer", "MANDATE_OIDC_ISSUER", "", "the organisation's OpenID Connect provider, for the consent pages (none: sign-in is off)")
+	fe.string(&c.OIDCClientID, "oidc-client-id", "MANDATE_OIDC_CLIENT_ID", "", "Mandate's client id at that provider (secret: MANDATE_OIDC_CLIENT_SECRET)")
+	fe.string(&c.OIDCTenantClaim, "oidc-tenant-claim", "MANDATE_OIDC_TENANT_CLAIM", "tenant", "the ID token claim naming the user's tenant")
 	if err := fe.parse(args, getenv); err != nil {
 		return nil, err
+	}
+	c.OIDCClientSecret = getenv("MANDATE_OIDC_CLIENT_SECRET")
+	if f := getenv("MANDATE_OIDC_CLIENT_SECRET_FILE"); f != "" && c.OIDCClientSecret == "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, usagef("MANDATE_OIDC_CLIENT_SECRET_FILE: %v", err)
+		}
+		c.OIDCClientSecret = strings.TrimSpace(string(b))
 	}
 	c.Secret = getenv("MANDATE_SECRET")
 	c.SecretFile = getenv("MANDATE_SECRET_FILE")
@@ -180,6 +198,18 @@ func (c *config) validate() error {
 	}
 	if isPostgres(c.Database) && c.Secret == "" && c.SecretFile == "" {
 		return usagef("MANDATE_SECRET is required with a Postgres database (at least 32 characters; or MANDATE_SECRET_FILE)")
+	}
+	if c.OIDCIssuer != "" {
+		u, err := url.Parse(c.OIDCIssuer)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return usagef("invalid --oidc-issuer (MANDATE_OIDC_ISSUER) %q: an absolute http(s) URL", c.OIDCIssuer)
+		}
+		if c.OIDCClientID == "" || c.OIDCClientSecret == "" {
+			return usagef("--oidc-issuer needs --oidc-client-id (MANDATE_OIDC_CLIENT_ID) and MANDATE_OIDC_CLIENT_SECRET")
+		}
+		if c.OIDCTenantClaim == "" {
+			return usagef("--oidc-tenant-claim (MANDATE_OIDC_TENANT_CLAIM) is empty")
+		}
 	}
 	if c.BootstrapAdminSecret != "" && len(c.BootstrapAdminSecret) < 32 {
 		return usagef("MANDATE_BOOTSTRAP_ADMIN_SECRET must be at least 32 characters")

@@ -593,7 +593,7 @@ func TestE2EDecisionTable(t *testing.T) {
 				status: 400, code: "invalid_request", reason: "envelope_bad_format"},
 			{name: "envelope over 8 KiB",
 				form:   func(t *testing.T, tr string) url.Values { return teForm(strings.Repeat("a", 8193), "orders_api") },
-				status: 400, code: "invalid_request", reason: "malformed_request"},
+				status: 400, code: "invalid_request", reason: "subject_token_too_large"},
 			{name: "envelope for another issuer",
 				form: func(t *testing.T, tr string) url.Values {
 					return teForm(env(t, tr, func(c *envelope.Claims) { c.Audience = envelope.Audience{"https://elsewhere.example"} }), "orders_api")

@@ -20,8 +20,15 @@ import (
 // runEnvelope is `mandate envelope keygen|mint`: a developer's way to act as an MCP server
 // from a shell (the quick start). Real MCP servers use the envelope package as their SDK.
 func runEnvelope(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		printGroup(stdout, "envelope", [][2]string{
+			{"keygen", "make an envelope signing key pair: the private JWK to a file, the public JWK Set to stdout"},
+			{"mint", "sign an envelope (prints the compact JWS) as an MCP server would"},
+		})
+		return nil
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usagef("envelope: say keygen or mint")
+		return usagef("envelope: say keygen or mint (mandate envelope --help)")
 	}
 	switch args[0] {
 	case "keygen":
@@ -37,6 +44,8 @@ func runEnvelope(ctx context.Context, args []string, getenv func(string) string,
 func envelopeKeygen(args []string, getenv func(string) string, stdout io.Writer) error {
 	var out, kid string
 	fe := newFlagSet("envelope keygen", stdout)
+	fe.describe("Makes a P-256 key pair for signing envelopes: writes the private JWK (mode 0600) and prints\n" +
+		"the public JWK Set to register as the client's jwks.")
 	fe.string(&out, "out", "", "mcp-key.json", "where to write the private key (a JWK, mode 0600)")
 	fe.string(&kid, "kid", "", "", "key id (default: the key's RFC 7638 thumbprint)")
 	if err := fe.parse(args, getenv); err != nil {
@@ -155,6 +164,7 @@ func envelopeMint(args []string, getenv func(string) string, stdout io.Writer) e
 	var keyFile string
 	var ef envelopeFlags
 	fe := newFlagSet("envelope mint", stdout)
+	fe.describe("Signs an Execution Identity Envelope with a key from mandate envelope keygen and prints it.")
 	fe.string(&keyFile, "key", "", "mcp-key.json", "the private JWK from `mandate envelope keygen`")
 	ef.bind(fe)
 	if err := fe.parse(args, getenv); err != nil {

@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-const explainUsage = `mandate explain: would this exchange be granted, and why?
+const explainSummary = `Would this exchange be granted, and why?
 
   mandate explain --client ID --sub USER --tenant T --agent A --scopes "..."
                   (--audience ID | --resource URI) [--scope "..."] [--mode M]
@@ -33,10 +33,7 @@ Example: would alice's agent get orders:write on orders_api?
   mandate explain --client webapp-prod --sub alice --tenant acme --agent support-agent \
     --scopes "orders:read orders:write" --audience orders_api --scope orders:write
 
-Credentials as for the admin commands ("mandate clients -h"); a mandate:admin:read token is
-enough.
-
-`
+Credentials as for the admin commands; a mandate:admin:read token is enough.`
 
 // runExplain is `mandate explain`.
 func runExplain(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -44,8 +41,7 @@ func runExplain(ctx context.Context, args []string, getenv func(string) string, 
 	var keyFile, audience, resource, scope, at, adminURL string
 	var asJSON bool
 	fe := newFlagSet("explain", stdout)
-	usage := fe.fs.Usage
-	fe.fs.Usage = func() { fmt.Fprint(stdout, explainUsage); usage() }
+	fe.describe(explainSummary, adminEnv...)
 	ef.bind(fe)
 	fe.string(&audience, "audience", "", "", "the target audience id")
 	fe.string(&resource, "resource", "", "", "the target as a resource URI (RFC 8707)")
@@ -112,9 +108,10 @@ func runExplain(ctx context.Context, args []string, getenv func(string) string, 
 type explanation struct {
 	Decision string `json:"decision"`
 	Error    *struct {
-		Error       string `json:"error"`
-		Description string `json:"error_description"`
-		Reason      string `json:"reason"`
+		Error          string `json:"error"`
+		Description    string `json:"error_description"`
+		Reason         string `json:"reason"`
+		UserMayConsent bool   `json:"user_may_consent"`
 	} `json:"error"`
 	At       string `json:"at"`
 	ClientID string `json:"client_id"`
@@ -166,6 +163,9 @@ func showExplanation(w io.Writer, answer []byte) error {
 		fmt.Fprintf(w, " (%s)\n", asked)
 	} else if x.Error != nil {
 		fmt.Fprintf(w, "REFUSED  %s (%s): %s (%s)\n", x.Error.Error, x.Error.Reason, x.Error.Description, asked)
+		if x.Error.UserMayConsent {
+			fmt.Fprintln(w, "         the user may grant this themselves: the answer names the grant request endpoint")
+		}
 	}
 
 	fmt.Fprintln(w)

@@ -13,8 +13,12 @@ import (
 // since the distroless image has no curl.
 func runHealthcheck(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
-	fs.SetOutput(stdout)
+	fs.SetOutput(io.Discard)
 	u := fs.String("url", "http://127.0.0.1:8080/readyz", "URL to probe")
+	fs.Usage = func() {
+		titleLine(stdout, "mandate healthcheck [flags]", "Exits 0 when --url answers 200, 1 otherwise (the distroless image has no curl).")
+		printFlags(stdout, fs, func(string) string { return "" }, nil)
+	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

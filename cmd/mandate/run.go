@@ -20,22 +20,6 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
-const usage = `Usage: mandate [command] [flags]
-
-Commands:
-  serve       run the server (the default)
-  migrate     up | status | down: manage the database schema
-  version     print the version
-  envelope    keygen | mint: act as an MCP server from a shell (development)
-  clients, audiences, grants, keys, audit
-              manage Mandate over its admin API ("mandate clients -h")
-  explain     would an exchange be granted, and why? ("mandate explain -h")
-  bench       provision, load and measure a running Mandate's token exchange
-  healthcheck probe /readyz (for container health checks)
-
-Run "mandate serve -h" for the server's flags; every flag has a MANDATE_* variable.
-`
-
 // run is the whole program. It returns when the command is done or ctx is cancelled;
 // SIGINT and SIGTERM cancel it too.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -43,7 +27,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer stop()
 
 	cmd := "serve"
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+	switch {
+	case len(args) > 0 && isHelp(args[0]):
+		// "mandate --help" is about mandate, not about serve; "mandate help X" is X's help.
+		if len(args) > 1 {
+			cmd, args = args[1], []string{"--help"}
+		} else {
+			cmd, args = "help", nil
+		}
+	case len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-':
 		cmd, args = args[0], args[1:]
 	}
 	err := dispatch(ctx, cmd, args, getenv, stdout, stderr)
@@ -66,17 +58,21 @@ func dispatch(ctx context.Context, cmd string, args []string, getenv func(string
 	case "envelope":
 		return runEnvelope(ctx, args, getenv, stdout)
 	case "version":
+		if len(args) > 0 && isHelp(args[0]) {
+			titleLine(stdout, "mandate version", summaryOf("version"))
+			return nil
+		}
 		fmt.Fprintln(stdout, "mandate", version)
 		return nil
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+	case "help":
+		printUsage(stdout)
 		return nil
 	case "explain":
 		return runExplain(ctx, args, getenv, stdout, stderr)
 	case "clients", "audiences", "grants", "keys", "audit":
 		return runAdmin(ctx, append([]string{cmd}, args...), getenv, stdout, stderr)
 	default:
-		fmt.Fprint(stderr, usage)
+		printUsage(stderr)
 		return usagef("unknown command %q", cmd)
 	}
 }

@@ -88,8 +88,17 @@ func loadMaster(cfg *config, log *slog.Logger) (*secret.Master, error) {
 
 // runMigrate is `mandate migrate up|status|down`.
 func runMigrate(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	migrateSubs := [][2]string{
+		{"up", "apply every pending migration (Postgres: under an advisory lock, safe with replicas)"},
+		{"status", "print the schema version and whether migrations are pending"},
+		{"down", "roll back the newest migration (Postgres only)"},
+	}
+	if len(args) > 0 && isHelp(args[0]) {
+		printGroup(stdout, "migrate", migrateSubs)
+		return nil
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usagef("migrate: say up, status or down")
+		return usagef("migrate: say up, status or down (mandate migrate --help)")
 	}
 	verb := args[0]
 	if verb != "up" && verb != "status" && verb != "down" {
@@ -97,6 +106,11 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	var c config
 	fe := newFlagSet("migrate "+verb, stdout)
+	for _, s := range migrateSubs {
+		if s[0] == verb {
+			fe.describe(s[1])
+		}
+	}
 	c.bindShared(fe)
 	if err := fe.parse(args[1:], getenv); err != nil {
 		return err

@@ -87,7 +87,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if err := s.RevokeGrant(ctx, "alice", "demo: access withdrawn"); err != nil {
 		return err
 	}
-	if err := call(step{"alice", "get_order_status", "A-1002"}); err != nil {
+	if err := askAlice(ctx, s, out); err != nil {
 		return err
 	}
 	for _, cs := range sessions {
@@ -114,6 +114,44 @@ func run(ctx context.Context, out io.Writer) error {
 			r.Tenant+"/"+r.ActorSub, r.AgentID, r.DelegationMode, r.Audience, r.TraceID, dash(r.GrantID))
 	}
 	return tw.Flush()
+}
+
+// askAlice is SPEC §11 from the MCP client's side: the tool call is refused for lack of a
+// grant and answers with a link (MCP URL elicitation); alice approves in a browser (here,
+// headlessly over HTTP: sign in at the demo IdP, press Approve); the same call succeeds.
+func askAlice(ctx context.Context, s *stack.Stack, out io.Writer) error {
+	cs, err := s.ConnectWithElicitation(ctx, "alice")
+	if err != nil {
+		return err
+	}
+	defer cs.Close()
+	tp, trace := stack.NewTraceparent()
+	_, err = stack.Call(ctx, cs, "get_order_status", map[string]any{"order_id": "A-1002"}, tp)
+	link, ok := stack.ElicitationURL(err)
+	if !ok {
+		return fmt.Errorf("expected the tool to ask for a grant, got %v", err)
+	}
+	fmt.Fprintf(out, "%-6s %-26s trace %s  ASK   no_active_grant: the tool asks alice to approve at\n       %s\n", "alice", "get_order_status(A-1002)", trace[:12]+"…", link)
+	fmt.Fprintln(out, "       (a person opens it in a browser and signs in as alice / demo; the demo does the same over HTTP)")
+	status, page, err := stack.NewBrowser().Decide(ctx, link, "alice", true)
+	if err != nil && !strings.Contains(page, "Already approved") {
+		return fmt.Errorf("approving as alice: %w", err)
+	}
+	if status != 200 && status != 409 {
+		return fmt.Errorf("approving as alice: HTTP %d", status)
+	}
+	fmt.Fprintln(out, "-- alice signs in at the IdP and approves on Mandate's consent page --")
+	tp, trace = stack.NewTraceparent()
+	res, err := stack.Call(ctx, cs, "get_order_status", map[string]any{"order_id": "A-1002"}, tp)
+	if err != nil {
+		return err
+	}
+	verdict := "ok   "
+	if res.IsError {
+		verdict = "ERROR"
+	}
+	fmt.Fprintf(out, "%-6s %-26s trace %s  %s %s\n", "alice", "get_order_status(A-1002)", trace[:12]+"…", verdict, oneLine(res.Text))
+	return nil
 }
 
 func dash(s string) string {

@@ -1,7 +1,9 @@
-// Package idp is the demo identity provider: it signs user access tokens (ES256, RFC 9068
-// shape) for the demo MCP server and serves its JWKS. It stands in for the company IdP
-// (Okta, Entra, Keycloak...) an MCP server already trusts; it does no login at all and is
-// for demos and tests only.
+// Package idp is the demo identity provider. It stands in for the company IdP (Okta,
+// Entra, Keycloak...) twice over: it signs user access tokens (ES256, RFC 9068 shape) for the
+// demo MCP server, and it is a minimal OpenID Connect provider (discovery, an authorization
+// endpoint with a login form, authorization code with PKCE, token endpoint, JWKS, ID tokens
+// carrying the tenant claim) that Mandate's consent pages sign users in with. Its users and
+// their password are fixed; it is for demos and tests only.
 package idp
 
 import (
@@ -15,6 +17,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -22,21 +25,30 @@ import (
 type User struct {
 	Sub    string
 	Tenant string
+	Name   string
 	Scopes []string
 }
 
 // Users are the demo users, by login name.
 var Users = map[string]User{
-	"alice": {Sub: "alice", Tenant: "acme", Scopes: []string{"orders:read", "balance:read"}},
-	"bob":   {Sub: "bob", Tenant: "acme", Scopes: []string{"orders:read", "balance:read"}},
-	"carol": {Sub: "carol", Tenant: "acme", Scopes: []string{"orders:read", "balance:read"}},
+	"alice": {Sub: "alice", Tenant: "acme", Name: "Alice Adams", Scopes: []string{"orders:read", "balance:read"}},
+	"bob":   {Sub: "bob", Tenant: "acme", Name: "Bob Brown", Scopes: []string{"orders:read", "balance:read"}},
+	"carol": {Sub: "carol", Tenant: "acme", Name: "Carol Chen", Scopes: []string{"orders:read", "balance:read"}},
+	"dave":  {Sub: "dave", Tenant: "globex", Name: "Dave Diaz", Scopes: []string{"orders:read"}},
 }
+
+// Password is every demo user's password at the login form.
+const Password = "demo"
 
 // IdP signs tokens with one P-256 key.
 type IdP struct {
 	Issuer string
 	key    *ecdsa.PrivateKey
 	kid    string
+
+	mu      sync.Mutex
+	clients map[string]oidcClient
+	codes   map[string]authCode
 }
 
 // New returns an IdP with a fresh key.
@@ -47,7 +59,8 @@ func New(issuer string) (*IdP, error) {
 	}
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
-	return &IdP{Issuer: issuer, key: k, kid: "idp-" + hex.EncodeToString(b)}, nil
+	return &IdP{Issuer: issuer, key: k, kid: "idp-" + hex.EncodeToString(b),
+		clients: map[string]oidcClient{}, codes: map[string]authCode{}}, nil
 }
 
 // Mint returns an access token for user, for the resource audience (the MCP server).
@@ -60,11 +73,11 @@ func (p *IdP) Mint(u User, audience string, ttl time.Duration) (string, error) {
 		"scope": strings.Join(u.Scopes, " "), "client_id": "demo-chat-app",
 		"iat": now.Unix(), "exp": now.Add(ttl).Unix(), "jti": hex.EncodeToString(jti),
 	}
-	return p.sign(claims)
+	return p.sign(claims, "at+jwt")
 }
 
-func (p *IdP) sign(claims map[string]any) (string, error) {
-	h, _ := json.Marshal(map[string]string{"alg": "ES256", "typ": "at+jwt", "kid": p.kid})
+func (p *IdP) sign(claims map[string]any, typ string) (string, error) {
+	h, _ := json.Marshal(map[string]string{"alg": "ES256", "typ": typ, "kid": p.kid})
 	c, err := json.Marshal(claims)
 	if err != nil {
 		return "", err
@@ -105,8 +118,15 @@ func (p *IdP) Handler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(p.JWKS())
 	})
+	mux.HandleFunc("GET /.well-known/openid-configuration", p.handleDiscovery)
+	mux.HandleFunc("GET /authorize", p.handleAuthorize)
+	mux.HandleFunc("POST /authorize", p.handleAuthorize)
 	mux.HandleFunc("POST /token", func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, 4096)
+		if r.PostFormValue("grant_type") == "authorization_code" {
+			p.handleCodeToken(w, r)
+			return
+		}
 		u, ok := Users[r.PostFormValue("username")]
 		resource := r.PostFormValue("resource")
 		w.Header().Set("Content-Type", "application/json")

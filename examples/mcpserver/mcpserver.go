@@ -2,7 +2,8 @@
 // boundary. Its tools, get_order_status and get_balance, read who they act for from
 // boundary.FromContext — never from their arguments, never from a token — and reach the
 // downstream APIs through the Delegator's clients, which exchange the identity at Mandate
-// for a token per API.
+// for a token per API. When Mandate refuses for lack of a grant the user could give,
+// get_order_status asks the user with a grant request (Delegator.AskUser).
 package mcpserver
 
 import (
@@ -57,14 +58,18 @@ func New(cfg Config) http.Handler {
 	billing := cfg.Delegator.Client("billing_api", "balance:read")
 
 	mcp.AddTool(server, &mcp.Tool{Name: "get_order_status", Description: "Status of one of the current user's orders."},
-		func(ctx context.Context, _ *mcp.CallToolRequest, in OrderArgs) (*mcp.CallToolResult, OrderStatus, error) {
+		func(ctx context.Context, req *mcp.CallToolRequest, in OrderArgs) (*mcp.CallToolResult, OrderStatus, error) {
 			id, ok := boundary.FromContext(ctx)
 			if !ok {
 				return nil, OrderStatus{}, errors.New("no caller identity")
 			}
 			var out OrderStatus
 			if err := getJSON(ctx, orders, cfg.OrdersURL+"/orders/"+url.PathEscape(in.OrderID), &out); err != nil {
-				return nil, OrderStatus{}, err
+				// No grant yet: ask the user (a URL elicitation when the client supports it).
+				return nil, OrderStatus{}, cfg.Delegator.AskUser(ctx, req, err, boundary.GrantRequest{
+					Audiences: []string{"orders_api"}, Scopes: []string{"orders:read"},
+					Purpose: "Look up the status of your orders",
+				})
 			}
 			out.TraceID = id.Session.TraceID
 			return nil, out, nil

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"path/filepath"
 
+	"github.com/mandatehq/mandate/consent"
 	"github.com/mandatehq/mandate/secret"
 	"github.com/mandatehq/mandate/server"
 	"github.com/mandatehq/mandate/storage/sqlite"
@@ -24,7 +25,7 @@ type mandate struct {
 	close       func()
 }
 
-func startMandate(ctx context.Context, dir string, log *slog.Logger) (*mandate, error) {
+func startMandate(ctx context.Context, dir string, log *slog.Logger, signIn *consent.OIDCConfig) (*mandate, error) {
 	pubLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -52,7 +53,7 @@ func startMandate(ctx context.Context, dir string, log *slog.Logger) (*mandate, 
 	adminSecret := randomString(40)
 	srv, err := server.New(ctx, server.Options{
 		Store: store, Master: master, Issuer: issuer,
-		BootstrapAdminSecret: adminSecret, Logger: log,
+		BootstrapAdminSecret: adminSecret, Logger: log, OIDC: signIn,
 	})
 	if err != nil {
 		store.Close()

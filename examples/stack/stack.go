@@ -25,6 +25,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/mandatehq/mandate/boundary"
+	"github.com/mandatehq/mandate/consent"
 	"github.com/mandatehq/mandate/downstream"
 	"github.com/mandatehq/mandate/envelope"
 	"github.com/mandatehq/mandate/examples/apis"
@@ -40,6 +41,8 @@ const (
 	Tenant          = "acme"
 	OrdersAudience  = "orders_api"
 	BillingAudience = "billing_api"
+	// ConsentClientID is Mandate's client id at the demo IdP, for the consent pages.
+	ConsentClientID = "mandate-consent"
 )
 
 var timeNow = time.Now
@@ -107,30 +110,36 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		}
 	}()
 
-	// Mandate.
-	m, err := startMandate(ctx, opts.Dir, log)
-	if err != nil {
-		return nil, fmt.Errorf("start Mandate: %w", err)
-	}
-	s.Mandate = m
-	s.closers = append(s.closers, m.close)
-	s.Admin, err = NewAdmin(ctx, m.Issuer, m.AdminURL, m.AdminSecret)
-	if err != nil {
-		return nil, err
-	}
-
-	// The identity provider. Its issuer is its own URL, known once it listens.
+	// The identity provider. Its issuer is its own URL, known once it listens. It is also
+	// the organisation's sign-in provider for Mandate's consent pages.
 	idpLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	s.IdPURL = "http://" + idpLn.Addr().String()
 	if s.IdP, err = idp.New(s.IdPURL); err != nil {
+		idpLn.Close()
 		return nil, err
 	}
 	idpSrv := &http.Server{Handler: s.IdP.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go idpSrv.Serve(idpLn)
 	s.closers = append(s.closers, func() { idpSrv.Close() })
+
+	// Mandate, signing users in at the IdP.
+	consentSecret := randomString(40)
+	m, err := startMandate(ctx, opts.Dir, log, &consent.OIDCConfig{
+		Issuer: s.IdPURL, ClientID: ConsentClientID, ClientSecret: consentSecret, TenantClaim: "tenant",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start Mandate: %w", err)
+	}
+	s.Mandate = m
+	s.closers = append(s.closers, m.close)
+	s.IdP.RegisterClient(ConsentClientID, consentSecret, m.Issuer+consent.PathCallback)
+	s.Admin, err = NewAdmin(ctx, m.Issuer, m.AdminURL, m.AdminSecret)
+	if err != nil {
+		return nil, err
+	}
 
 	// The MCP server's keys: one signs envelopes, one signs private_key_jwt assertions.
 	envKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -203,8 +212,12 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 func (s *Stack) provision(ctx context.Context, jwks map[string]any, pkjwt bool) (mcpSecret, ordersSecret string, err error) {
 	a := s.Admin
 	for _, aud := range []map[string]any{
-		{"id": OrdersAudience, "name": "Orders API", "scopes": []string{"orders:read"}, "allowed_modes": []string{"on_behalf_of"}},
-		{"id": BillingAudience, "name": "Billing API", "scopes": []string{"balance:read"}, "allowed_modes": []string{"on_behalf_of"}},
+		// Users may grant the orders API themselves, for at most a week; the billing API
+		// only through an admin.
+		{"id": OrdersAudience, "name": "Orders API", "scopes": []string{"orders:read"}, "allowed_modes": []string{"on_behalf_of"},
+			"user_consent": "allowed", "max_consent_duration": 7 * 24 * 3600},
+		{"id": BillingAudience, "name": "Billing API", "scopes": []string{"balance:read"}, "allowed_modes": []string{"on_behalf_of"},
+			"user_consent": "admin_only"},
 	} {
 		if err := a.Do(ctx, "POST", "/audiences", aud, nil); err != nil {
 			return "", "", err
@@ -418,7 +431,23 @@ func (s *Stack) Connect(ctx context.Context, user string) (*mcp.ClientSession, e
 
 // ConnectWithToken opens an MCP session presenting token.
 func (s *Stack) ConnectWithToken(ctx context.Context, token string) (*mcp.ClientSession, error) {
-	c := mcp.NewClient(&mcp.Implementation{Name: "demo-chat-app", Version: "1.0.0"}, nil)
+	return s.connect(ctx, token, nil)
+}
+
+// ConnectWithElicitation opens an MCP session as user from a client that declares URL-mode
+// elicitation, so tools may answer "open this link" (SPEC §11's grant requests).
+func (s *Stack) ConnectWithElicitation(ctx context.Context, user string) (*mcp.ClientSession, error) {
+	tok, err := s.UserToken(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	return s.connect(ctx, tok, &mcp.ClientOptions{Capabilities: &mcp.ClientCapabilities{
+		Elicitation: &mcp.ElicitationCapabilities{URL: &mcp.URLElicitationCapabilities{}},
+	}})
+}
+
+func (s *Stack) connect(ctx context.Context, token string, opts *mcp.ClientOptions) (*mcp.ClientSession, error) {
+	c := mcp.NewClient(&mcp.Implementation{Name: "demo-chat-app", Version: "1.0.0"}, opts)
 	return c.Connect(ctx, &mcp.StreamableClientTransport{
 		Endpoint: s.MCPURL, HTTPClient: &http.Client{Transport: userTransport{token}}, DisableStandaloneSSE: true, MaxRetries: -1,
 	}, nil)

@@ -10,14 +10,15 @@ import (
 // audienceSelect reads an audience with its resource URIs in one statement. The URIs come
 // back sorted: their order carries no meaning.
 const audienceSelect = `SELECT a.id, a.name, a.scopes, a.allowed_modes, a.token_ttl_seconds,
-	a.created_at, a.updated_at,
+	a.user_consent, a.max_consent_duration_seconds, a.created_at, a.updated_at,
 	ARRAY(SELECT r.uri FROM audience_resources r WHERE r.audience_id = a.id)
 	FROM audiences a`
 
 func scanAudience(r rowScanner) (*storage.Audience, error) {
 	var a storage.Audience
 	err := r.Scan(&a.ID, &a.Name, &a.Scopes, &a.AllowedModes, secondsCol{&a.TokenTTL},
-		timeCol{&a.CreatedAt}, timeCol{&a.UpdatedAt}, &a.ResourceURIs)
+		&a.UserConsent, secondsCol{&a.MaxConsentDuration}, timeCol{&a.CreatedAt},
+		timeCol{&a.UpdatedAt}, &a.ResourceURIs)
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -39,14 +40,15 @@ func (s *Store) CreateAudience(ctx context.Context, a *storage.Audience) error {
 	return s.write(ctx, func(q querier) error {
 		_, err := q.Exec(ctx, `WITH a AS (
 				INSERT INTO audiences
-					(id, name, scopes, allowed_modes, token_ttl_seconds, created_at, updated_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7)
+					(id, name, scopes, allowed_modes, token_ttl_seconds, user_consent,
+					max_consent_duration_seconds, created_at, updated_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 				RETURNING id
 			)
 			INSERT INTO audience_resources (uri, audience_id)
-			SELECT u, a.id FROM a, unnest($8::text[]) AS u`,
-			a.ID, a.Name, list(a.Scopes), list(a.AllowedModes), seconds(a.TokenTTL),
-			ts(a.CreatedAt), ts(a.UpdatedAt), resources(a.ResourceURIs))
+			SELECT u, a.id FROM a, unnest($10::text[]) AS u`,
+			a.ID, a.Name, list(a.Scopes), list(a.AllowedModes), seconds(a.TokenTTL), a.UserConsent,
+			seconds(a.MaxConsentDuration), ts(a.CreatedAt), ts(a.UpdatedAt), resources(a.ResourceURIs))
 		return mapErr(err)
 	})
 }
@@ -92,9 +94,10 @@ func (s *Store) UpdateAudience(ctx context.Context, id string, fn func(*storage.
 			return err
 		}
 		_, err = q.Exec(ctx, `UPDATE audiences SET name = $2, scopes = $3, allowed_modes = $4,
-			token_ttl_seconds = $5, created_at = $6, updated_at = $7 WHERE id = $1`,
-			id, a.Name, list(a.Scopes), list(a.AllowedModes), seconds(a.TokenTTL),
-			ts(a.CreatedAt), ts(a.UpdatedAt))
+			token_ttl_seconds = $5, user_consent = $6, max_consent_duration_seconds = $7,
+			created_at = $8, updated_at = $9 WHERE id = $1`,
+			id, a.Name, list(a.Scopes), list(a.AllowedModes), seconds(a.TokenTTL), a.UserConsent,
+			seconds(a.MaxConsentDuration), ts(a.CreatedAt), ts(a.UpdatedAt))
 		if err != nil {
 			return mapErr(err)
 		}

@@ -184,8 +184,11 @@ func TestMigrationStatusUpDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Down: %v", err)
 	}
+	// Versions need not be contiguous (numbers are reserved for work landing in parallel):
+	// one step down is the version before the latest.
+	srcs := p.ListSources()
 	st, err = s.MigrationStatus(ctx)
-	if err != nil || st.Current != st.Latest-1 {
+	if err != nil || len(srcs) < 2 || st.Current != srcs[len(srcs)-2].Version {
 		t.Fatalf("after Down: status %+v, %v; want one version behind", st, err)
 	}
 	migrateMu.Lock()
@@ -263,8 +266,12 @@ func TestConcurrentMigrations(t *testing.T) {
 		FROM goose_db_version WHERE version_id > 0`).Scan(&applied, &distinct); err != nil {
 		t.Fatal(err)
 	}
-	if applied != distinct || int64(distinct) != st.Latest {
-		t.Errorf("goose_db_version holds %d rows for %d versions, want %d once each", applied, distinct, st.Latest)
+	p, err := s.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := len(p.ListSources()); applied != distinct || distinct != want {
+		t.Errorf("goose_db_version holds %d rows for %d versions, want %d once each", applied, distinct, want)
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 // audienceSelect reads an audience with its resource URIs in one statement. The URIs come
 // back sorted: their order carries no meaning.
 const audienceSelect = `SELECT a.id, a.name, a.scopes, a.allowed_modes, a.token_ttl_seconds,
-	a.created_at, a.updated_at,
+	a.user_consent, a.max_consent_duration_seconds, a.created_at, a.updated_at,
 	(SELECT json_group_array(uri) FROM (SELECT r.uri FROM audience_resources r
 		WHERE r.audience_id = a.id ORDER BY r.uri))
 	FROM audiences a`
@@ -19,7 +19,8 @@ const audienceSelect = `SELECT a.id, a.name, a.scopes, a.allowed_modes, a.token_
 func scanAudience(r rowScanner) (*storage.Audience, error) {
 	var a storage.Audience
 	err := r.Scan(&a.ID, &a.Name, listCol{&a.Scopes}, listCol{&a.AllowedModes},
-		secondsCol{&a.TokenTTL}, timeCol{&a.CreatedAt}, timeCol{&a.UpdatedAt},
+		secondsCol{&a.TokenTTL}, &a.UserConsent, secondsCol{&a.MaxConsentDuration},
+		timeCol{&a.CreatedAt}, timeCol{&a.UpdatedAt},
 		listCol{&a.ResourceURIs})
 	if err != nil {
 		return nil, mapErr(err)
@@ -32,10 +33,11 @@ func scanAudience(r rowScanner) (*storage.Audience, error) {
 func (s *Store) CreateAudience(ctx context.Context, a *storage.Audience) error {
 	return s.withTx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO audiences
-			(id, name, scopes, allowed_modes, token_ttl_seconds, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			a.ID, a.Name, list(a.Scopes), list(a.AllowedModes), seconds(a.TokenTTL),
-			micros(a.CreatedAt), micros(a.UpdatedAt))
+			(id, name, scopes, allowed_modes, token_ttl_seconds, user_consent,
+			max_consent_duration_seconds, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			a.ID, a.Name, list(a.Scopes), list(a.AllowedModes), seconds(a.TokenTTL), a.UserConsent,
+			seconds(a.MaxConsentDuration), micros(a.CreatedAt), micros(a.UpdatedAt))
 		if err != nil {
 			return mapErr(err)
 		}
@@ -106,9 +108,10 @@ func (s *Store) UpdateAudience(ctx context.Context, id string, fn func(*storage.
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE audiences SET name = ?, scopes = ?, allowed_modes = ?,
-			token_ttl_seconds = ?, created_at = ?, updated_at = ? WHERE id = ?`,
-			a.Name, list(a.Scopes), list(a.AllowedModes), seconds(a.TokenTTL),
-			micros(a.CreatedAt), micros(a.UpdatedAt), id)
+			token_ttl_seconds = ?, user_consent = ?, max_consent_duration_seconds = ?,
+			created_at = ?, updated_at = ? WHERE id = ?`,
+			a.Name, list(a.Scopes), list(a.AllowedModes), seconds(a.TokenTTL), a.UserConsent,
+			seconds(a.MaxConsentDuration), micros(a.CreatedAt), micros(a.UpdatedAt), id)
 		if err != nil {
 			return mapErr(err)
 		}

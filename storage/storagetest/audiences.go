@@ -25,8 +25,11 @@ func fullAudience(id string, now time.Time, uris ...string) *storage.Audience {
 		Scopes:       []string{"orders:read", "orders:write"},
 		AllowedModes: []string{"on_behalf_of", "service_identity"},
 		TokenTTL:     10 * time.Minute,
-		CreatedAt:    now,
-		UpdatedAt:    now.Add(time.Second),
+		// SPEC §11's consent settings round-trip with the rest.
+		UserConsent:        storage.ConsentAllowed,
+		MaxConsentDuration: 7 * 24 * time.Hour,
+		CreatedAt:          now,
+		UpdatedAt:          now.Add(time.Second),
 	}
 }
 
@@ -71,12 +74,14 @@ func testAudienceCRUD(t *testing.T, s storage.Store) {
 	want.Name = "Orders"
 	want.Scopes = []string{"orders:read"}
 	want.TokenTTL = 0
+	want.UserConsent, want.MaxConsentDuration = storage.ConsentAdminOnly, 0
 	want.UpdatedAt = later
 	updated, err := s.UpdateAudience(ctx, "orders_api", func(a *storage.Audience) error {
 		checkAudience(t, "audience handed to UpdateAudience's fn", a, fullAudience("orders_api", now, uriA, uriB))
 		a.Name = "Orders"
 		a.Scopes = []string{"orders:read"}
 		a.TokenTTL = 0
+		a.UserConsent, a.MaxConsentDuration = storage.ConsentAdminOnly, 0
 		a.ResourceURIs = []string{uriC, uriA}
 		a.UpdatedAt = later
 		return nil

@@ -37,6 +37,9 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"Replay", replayCases},
 		{"Tokens", tokenCases},
 		{"Audit", auditCases},
+		{"GrantRequests", grantRequestCases},
+		{"Consent", consentCases},
+		{"Sessions", sessionCases},
 		{"Tx", txCases},
 		{"Misc", miscCases},
 	}
