@@ -83,13 +83,17 @@ are tested against it.
 			if r.Fix == nil || *r.Fix != s.fix {
 				continue
 			}
-			fmt.Fprintf(&b, "| `%s` | %d `%s` | %s | %s |\n", r.Reason, r.Status, deref(r.Error), cell(r.Meaning), cell(r.Action))
+			answer := fmt.Sprintf("%d `%s`", r.Status, deref(r.Error))
+			if r.Error == nil {
+				answer = fmt.Sprint(r.Status) // a page or problem+json, not an OAuth error
+			}
+			fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", r.Reason, answer, cell(r.Meaning), cell(r.Action))
 		}
 		b.WriteString("\n")
 	}
 	b.WriteString("## Audit-only reasons\n\nThese appear in audit records, never in an error answer.\n\n| reason | meaning |\n| --- | --- |\n")
 	for _, r := range f.Reasons {
-		if r.Error == nil {
+		if r.Kind == nil {
 			fmt.Fprintf(&b, "| `%s` | %s |\n", r.Reason, cell(r.Meaning))
 		}
 	}

@@ -68,6 +68,21 @@ REASON_KINDS: Final[Mapping[str, Kind]] = MappingProxyType(
         "signing_failed": "unavailable",
         "internal_error": "unavailable",
         "token_not_issued_to_client": "client_error",
+        # Grant requests (SPEC §11) and the consent pages.
+        "invalid_grant_request": "client_error",
+        "audience_requires_admin_consent": "client_error",
+        "consent_duration_too_long": "client_error",
+        "grant_request_not_found": "client_error",
+        "grant_request_expired": "client_error",
+        "grant_request_already_decided": "client_error",
+        "grant_request_changed": "client_error",
+        "consent_wrong_user": "client_error",
+        "consent_wrong_tenant": "client_error",
+        "csrf_check_failed": "client_error",
+        "grant_not_yours": "client_error",
+        "grant_already_revoked": "client_error",
+        "sign_in_failed": "client_error",
+        "sign_in_without_tenant": "client_error",
     }
 )
 """Every reason the token endpoint answers, with what an SDK does about it."""
