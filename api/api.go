@@ -13,6 +13,7 @@ package api
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -44,11 +45,15 @@ type Principal struct {
 	Scopes   []string
 }
 
-// Authenticator verifies an admin bearer token. Any error means 401: the API cannot tell a
-// forged token from a verifier fault, and says nothing about either to the caller.
+// Authenticator verifies an admin bearer token. An error wrapping ErrUnavailable means the
+// verifier could not decide (its store did not answer): 503, so an admin retries instead of
+// doubting a valid token. Any other error means 401, and says nothing more to the caller.
 type Authenticator interface {
 	AuthenticateBearer(ctx context.Context, token string) (Principal, error)
 }
+
+// ErrUnavailable is what an Authenticator wraps when it could not decide.
+var ErrUnavailable = errors.New("api: the token could not be checked now")
 
 // KeyAdmin is what the API needs of Mandate's signing-key manager.
 type KeyAdmin interface {

@@ -137,6 +137,11 @@ type env struct {
 
 func newEnv(t testing.TB, store storage.Store) *env {
 	t.Helper()
+	return newEnvAuth(t, store, testAuth)
+}
+
+func newEnvAuth(t testing.TB, store storage.Store, auth Authenticator) *env {
+	t.Helper()
 	m, err := secret.NewMaster(strings.Repeat("s", 32))
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +154,7 @@ func newEnv(t testing.TB, store storage.Store) *env {
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	e.srv = httptest.NewServer(NewHandler(Deps{
-		Store: store, Hasher: e.hasher, Auth: testAuth, Keys: e.keys, Explain: newExplainer(t, store, m, e.clock),
+		Store: store, Hasher: e.hasher, Auth: auth, Keys: e.keys, Explain: newExplainer(t, store, m, e.clock),
 		Logger: logger, Now: e.clock,
 	}))
 	t.Cleanup(e.srv.Close)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -14,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/mandatehq/mandate/storage"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -51,6 +54,10 @@ func authenticate(auth Authenticator, p problems, next http.Handler) http.Handle
 			return
 		}
 		principal, err := auth.AuthenticateBearer(r.Context(), token)
+		if errors.Is(err, ErrUnavailable) {
+			p.write(w, r, fmt.Errorf("admin api: bearer token: %w", errors.Join(err, storage.ErrUnavailable)))
+			return
+		}
 		if err != nil {
 			p.log.InfoContext(r.Context(), "admin api: bearer token rejected", "error", err.Error())
 			p.write(w, r, unauthorized(`Bearer realm="mandate-admin", error="invalid_token"`, "the bearer token is not valid"))

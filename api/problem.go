@@ -22,6 +22,7 @@ const (
 	problemTooLarge    = "urn:mandate:problem:payload-too-large"
 	problemMediaType   = "urn:mandate:problem:unsupported-media-type"
 	problemInternal    = "urn:mandate:problem:internal"
+	problemUnavailable = "urn:mandate:problem:unavailable"
 	problemContentType = "application/problem+json"
 )
 
@@ -58,7 +59,13 @@ var storageErrors = []struct {
 	{storage.ErrConflict, apiError{status: 409, typ: problemConflict, title: "Conflict", detail: "the change conflicts with a stored record"}},
 	{storage.ErrBadCursor, apiError{status: 400, typ: problemInvalid, title: "Invalid request", detail: "the request has invalid fields",
 		fields: []FieldError{{Field: "cursor", Message: "is not a cursor this list produced"}}}},
+	// The store did not answer in time: nothing is known to have changed; retry.
+	{storage.ErrUnavailable, apiError{status: 503, typ: problemUnavailable, title: "Service unavailable",
+		detail: "the store did not answer in time; retry later", header: http.Header{"Retry-After": {retryAfterSeconds}}}},
 }
+
+// retryAfterSeconds is the Retry-After of a 503 (the token endpoint says the same).
+const retryAfterSeconds = "2"
 
 // withDetail keeps err (for errors.Is and the table) but tells the caller detail.
 type detailed struct {
@@ -168,6 +175,10 @@ func (p problems) resolve(r *http.Request, err error) apiError {
 			a := m.answer
 			if detail != "" {
 				a.detail = detail
+			}
+			if a.status >= 500 {
+				p.log.WarnContext(r.Context(), "admin api: store unavailable",
+					"method", r.Method, "path", r.URL.Path, "error", err.Error())
 			}
 			return a
 		}

@@ -39,6 +39,11 @@ var errUnavailable = errors.New("authz: storage unavailable")
 // ErrUnavailable is errUnavailable for callers of AuthenticateBearer.
 var ErrUnavailable = errUnavailable
 
+// RetryAfterSeconds is the Retry-After of a 503: storage trouble that a deadline cut short
+// (a held lock, a failover) usually clears within seconds, and a client that retries sooner
+// only adds to the queue.
+const RetryAfterSeconds = "2"
+
 // wireError is an RFC 6749 §5.2 error body with Mandate's reason member (SPEC §4): a stable
 // code SDKs act on, the same one the refusal's audit record carries.
 type wireError struct {
@@ -103,6 +108,9 @@ func writeErrorFor(w http.ResponseWriter, r *http.Request, log *slog.Logger, err
 	h.Set("Content-Type", "application/json")
 	if status == http.StatusUnauthorized && usedBasic(r) {
 		h.Set("WWW-Authenticate", `Basic realm="mandate", charset="UTF-8"`)
+	}
+	if status == http.StatusServiceUnavailable && h.Get("Retry-After") == "" {
+		h.Set("Retry-After", RetryAfterSeconds)
 	}
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(body)

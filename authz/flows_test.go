@@ -527,4 +527,7 @@ func TestStorageDown(t *testing.T) {
 	if strings.Contains(strings.ToLower(string(r.raw)), "sql") {
 		t.Errorf("internal detail in %s", r.raw)
 	}
+	if got := r.header.Get("Retry-After"); got != authz.RetryAfterSeconds {
+		t.Errorf("503 with Retry-After %q, want %q", got, authz.RetryAfterSeconds)
+	}
 }

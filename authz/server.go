@@ -16,9 +16,11 @@ import (
 
 // Keys is what this package needs of Mandate's signing keys (package keys' Manager).
 type Keys interface {
-	// Verify checks a token Mandate signed (signature, alg, kid, typ at+jwt by default) and
-	// returns its payload.
-	Verify(token string, opts ...keys.VerifyOption) (payload []byte, kid string, err error)
+	// VerifyFresh checks a token Mandate signed (signature, alg, kid, typ at+jwt by default)
+	// and returns its payload. A kid this replica has not loaded makes it reload the keys
+	// first (another replica may have just made that key); errors wrapping
+	// keys.ErrUnavailable mean that reload failed and the token's fate is unknown.
+	VerifyFresh(ctx context.Context, token string, opts ...keys.VerifyOption) (payload []byte, kid string, err error)
 	// JWKS is the published key set and its entity tag.
 	JWKS() (doc []byte, etag string)
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/mandatehq/mandate/exchange"
+	"github.com/mandatehq/mandate/keys"
 	"github.com/mandatehq/mandate/storage"
 )
 
@@ -69,8 +70,13 @@ func (s *Server) inspect(ctx context.Context, token string) (*tokenState, error)
 	if len(token) > maxTokenBytes {
 		return &tokenState{why: "too large"}, nil
 	}
-	payload, _, err := s.keys.Verify(token)
-	if err != nil {
+	payload, _, err := s.keys.VerifyFresh(ctx, token)
+	switch {
+	case errors.Is(err, keys.ErrUnavailable):
+		// A token another replica signed must not be called inactive (or be left unrevoked)
+		// because this replica could not load that replica's key.
+		return nil, fmt.Errorf("%w: %w", errUnavailable, err)
+	case err != nil:
 		return &tokenState{why: err.Error()}, nil
 	}
 	var cl exchange.TokenClaims

@@ -10,9 +10,10 @@ import (
 )
 
 // Catalog reads clients and audiences through a small in-memory cache. They change rarely
-// and are read on every request, so a few seconds of staleness buys the hot path two fewer
-// round trips; the admin API calls the Invalidate hooks after every change so the replica
-// that made it sees it at once, and other replicas within TTL.
+// and are read on every request, so caching them buys the hot path two fewer round trips;
+// the admin API calls the Invalidate hooks after every change so the replica that made it
+// sees it at once, other replicas call them when the store's change feed tells them of it,
+// and the TTL bounds staleness when that feed is down.
 //
 // Grant lookups are cached too, which leaves a granted exchange one round trip (the commit).
 // That is safe for revocation because RecordIssuance re-checks, inside the commit, that the
@@ -24,7 +25,10 @@ type Catalog struct {
 	ttl   time.Duration
 	now   func() time.Time
 
-	mu        sync.Mutex
+	mu sync.Mutex
+	// gen moves on every invalidation: a load that began before one may have read what the
+	// invalidated change replaced, and is not cached (see lookup).
+	gen       uint64
 	clients   map[string]cached[*storage.Client]
 	audiences map[string]cached[*storage.Audience]
 	resources map[string]cached[*storage.Audience]
@@ -98,6 +102,7 @@ func (c *Catalog) Grants(ctx context.Context, q storage.GrantQuery) ([]storage.G
 // ForgetGrants drops the cached grant list for q (after a commit found one revoked).
 func (c *Catalog) ForgetGrants(q storage.GrantQuery) {
 	c.mu.Lock()
+	c.gen++
 	delete(c.grants, grantKey{q.Tenant, q.Subject, q.ClientID, q.AgentID})
 	c.mu.Unlock()
 }
@@ -106,6 +111,7 @@ func (c *Catalog) ForgetGrants(q storage.GrantQuery) {
 // tenant, whichever agent it was for: a grant just created or revoked applies to all of them.
 func (c *Catalog) ForgetGrantsOf(tenant, subject, client string) {
 	c.mu.Lock()
+	c.gen++
 	for k := range c.grants {
 		if k.tenant == tenant && k.client == client && (k.subject == subject || subject == storage.AnySubject) {
 			delete(c.grants, k)
@@ -117,6 +123,7 @@ func (c *Catalog) ForgetGrantsOf(tenant, subject, client string) {
 // InvalidateClient drops the cached client id.
 func (c *Catalog) InvalidateClient(id string) {
 	c.mu.Lock()
+	c.gen++
 	delete(c.clients, id)
 	c.mu.Unlock()
 }
@@ -124,6 +131,7 @@ func (c *Catalog) InvalidateClient(id string) {
 // InvalidateAll drops every cached client and audience.
 func (c *Catalog) InvalidateAll() {
 	c.mu.Lock()
+	c.gen++
 	clear(c.clients)
 	clear(c.audiences)
 	clear(c.resources)
@@ -135,6 +143,7 @@ func (c *Catalog) InvalidateAll() {
 // change can affect several keys; audiences are few).
 func (c *Catalog) InvalidateAudiences() {
 	c.mu.Lock()
+	c.gen++
 	clear(c.audiences)
 	clear(c.resources)
 	c.mu.Unlock()
@@ -142,9 +151,11 @@ func (c *Catalog) InvalidateAudiences() {
 
 func lookup[K comparable, T any](c *Catalog, m map[K]cached[T], key K, load func() (T, error)) (T, error) {
 	now := c.now()
+	var gen uint64
 	if c.ttl > 0 {
 		c.mu.Lock()
 		e, ok := m[key]
+		gen = c.gen
 		c.mu.Unlock()
 		if ok && now.Before(e.expires) {
 			return e.v, e.err
@@ -157,6 +168,10 @@ func lookup[K comparable, T any](c *Catalog, m map[K]cached[T], key K, load func
 	}
 	if c.ttl > 0 {
 		c.mu.Lock()
+		if c.gen != gen { // invalidated while loading: what was loaded may be stale
+			c.mu.Unlock()
+			return v, err
+		}
 		if len(m) >= maxCatalogEntries {
 			for k, e := range m { // drop the expired ones, or everything if none is
 				if !now.Before(e.expires) {

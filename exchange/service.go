@@ -231,6 +231,11 @@ func (s *Service) audit(ctx context.Context, now time.Time, rec *storage.AuditRe
 		s.log.ErrorContext(ctx, "token request failed", "event", rec.Event, "client_id", rec.ClientID,
 			"reason", e.Reason, "err", errors.Unwrap(e))
 	}
+	if e.Code == CodeTemporarilyUnavailable {
+		// The store is what failed: a record of that would wait for it as long again (a held
+		// lock, a stalled server) and most likely fail the same way. The log line stands in.
+		return
+	}
 	if aerr := s.store.AppendAudit(ctx, rec); aerr != nil {
 		s.log.ErrorContext(ctx, "audit write failed", "event", rec.Event, "client_id", rec.ClientID,
 			"reason", rec.Reason, "err", aerr)

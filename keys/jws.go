@@ -133,6 +133,9 @@ func putFixed(dst, b []byte) bool {
 // ErrInvalidToken is wrapped by every Verify failure; the wrapped text says why, for logs only.
 var ErrInvalidToken = errors.New("keys: invalid token")
 
+// errUnknownKID is the Verify failure VerifyFresh reloads for.
+var errUnknownKID = fmt.Errorf("%w: unknown kid", ErrInvalidToken)
+
 // VerifyOption adjusts Verify.
 type VerifyOption func(*verifyConfig)
 
@@ -187,8 +190,11 @@ func (ks *keySet) verify(token string, now time.Time, opts []VerifyOption) ([]by
 	}
 	// The key comes only from our published set, by kid; never from the token (jwk, jku, x5c...).
 	pk := ks.public[h.Kid]
-	if pk == nil || (!pk.removeAt.IsZero() && !now.Before(pk.removeAt)) {
-		return nil, "", fmt.Errorf("%w: unknown kid", ErrInvalidToken)
+	if pk == nil {
+		return nil, "", errUnknownKID
+	}
+	if !pk.removeAt.IsZero() && !now.Before(pk.removeAt) {
+		return nil, "", fmt.Errorf("%w: kid no longer published", ErrInvalidToken)
 	}
 	if pk.alg != h.Alg {
 		return nil, "", fmt.Errorf("%w: alg %s does not match key %s", ErrInvalidToken, h.Alg, pk.kid)

@@ -34,6 +34,8 @@ const (
 	DefaultPublishAhead     = 15 * time.Minute
 	DefaultTokenLifetimeMax = 24 * time.Hour
 	DefaultReloadEvery      = 10 * time.Second
+	DefaultReloadTimeout    = 5 * time.Second
+	DefaultUnknownKIDGap    = time.Second
 )
 
 // retireMargin is added to a retired key's publication beyond the longest token lifetime: it
@@ -55,6 +57,11 @@ type Options struct {
 	TokenLifetimeMax time.Duration
 	// ReloadEvery: how often Run re-reads the store (another replica may have rotated).
 	ReloadEvery time.Duration
+	// ReloadTimeout bounds each reload Run or VerifyFresh starts.
+	ReloadTimeout time.Duration
+	// UnknownKIDGap is the least time between two reloads VerifyFresh starts for tokens that
+	// name a kid this replica does not know: anyone can make up kids.
+	UnknownKIDGap time.Duration
 	// Now is the clock (tests pass a controllable one). Default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -77,11 +84,14 @@ type Manager struct {
 	publishAhead time.Duration
 	retention    time.Duration // RetiredAt → RemoveAt
 	reloadEvery  time.Duration
+	reloadLimit  time.Duration // ReloadTimeout
 	now          func() time.Time
 	log          *slog.Logger
 
 	mu   sync.Mutex // serialises reloads and writes within this process
 	snap atomic.Pointer[keySet]
+
+	unknown kidReloads
 }
 
 // keySet is one immutable view of the keys.
@@ -113,7 +123,10 @@ func NewManager(store storage.KeyStore, sealer *Sealer, opts Options) (*Manager,
 	def(&opts.PublishAhead, DefaultPublishAhead)
 	def(&opts.TokenLifetimeMax, DefaultTokenLifetimeMax)
 	def(&opts.ReloadEvery, DefaultReloadEvery)
-	if opts.RotateEvery < 0 || opts.PublishAhead < 0 || opts.TokenLifetimeMax < 0 || opts.ReloadEvery < 0 {
+	def(&opts.ReloadTimeout, DefaultReloadTimeout)
+	def(&opts.UnknownKIDGap, DefaultUnknownKIDGap)
+	if opts.RotateEvery < 0 || opts.PublishAhead < 0 || opts.TokenLifetimeMax < 0 || opts.ReloadEvery < 0 ||
+		opts.ReloadTimeout < 0 || opts.UnknownKIDGap < 0 {
 		return nil, errors.New("keys: durations must not be negative")
 	}
 	// A replica learns of a new key only when it reloads; if the key signed before every
@@ -140,8 +153,10 @@ func NewManager(store storage.KeyStore, sealer *Sealer, opts Options) (*Manager,
 		// after its successor took over.
 		retention:   opts.TokenLifetimeMax + opts.ReloadEvery + retireMargin,
 		reloadEvery: opts.ReloadEvery,
+		reloadLimit: opts.ReloadTimeout,
 		now:         opts.Now,
 		log:         opts.Logger,
+		unknown:     kidReloads{gap: opts.UnknownKIDGap},
 	}, nil
 }
 
@@ -171,7 +186,10 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if err := m.Refresh(ctx); err != nil && ctx.Err() == nil {
+			rctx, cancel := context.WithTimeout(ctx, m.reloadLimit)
+			err := m.Refresh(rctx)
+			cancel()
+			if err != nil && ctx.Err() == nil {
 				m.log.Error("keys: refresh failed; still serving the previous key set", "err", err)
 			}
 		}
@@ -277,6 +295,86 @@ func (m *Manager) Verify(token string, opts ...VerifyOption) (payload []byte, ki
 	return ks.verify(token, m.now(), opts)
 }
 
+// VerifyFresh is Verify for a token that may have been signed by another replica: when the
+// token names a kid this replica has not loaded, it reloads the keys before deciding, so a key
+// another replica created since the last reload is known here too. Reloads for unknown kids
+// run one at a time and start at most once per UnknownKIDGap (anyone can make up a kid);
+// callers meanwhile wait for the next one, or until ctx ends. An error that wraps
+// ErrUnavailable means no reload could be done: the token's fate is unknown.
+func (m *Manager) VerifyFresh(ctx context.Context, token string, opts ...VerifyOption) (payload []byte, kid string, err error) {
+	payload, kid, err = m.Verify(token, opts...)
+	if !errors.Is(err, errUnknownKID) {
+		return payload, kid, err
+	}
+	if rerr := m.unknown.await(ctx, time.Now(), m.reloadForKID); rerr != nil {
+		return nil, "", fmt.Errorf("%w: %w", ErrUnavailable, rerr)
+	}
+	return m.Verify(token, opts...)
+}
+
+// ErrUnavailable is wrapped by VerifyFresh's errors when the keys could not be reloaded.
+var ErrUnavailable = errors.New("keys: could not reload the keys")
+
+func (m *Manager) reloadForKID() error {
+	ctx, cancel := context.WithTimeout(context.Background(), m.reloadLimit)
+	defer cancel()
+	return m.Refresh(ctx)
+}
+
+// kidReloads runs the reloads VerifyFresh asks for: one at a time, each starting at least gap
+// after the previous one, each shared by every caller waiting when it starts.
+type kidReloads struct {
+	gap time.Duration
+
+	mu      sync.Mutex
+	running chan struct{} // closed when the reload in flight ends; nil when none is
+	started time.Time     // when the last reload started
+	err     error         // how it ended
+}
+
+// await returns once a reload that started at or after since has ended, with its error. A
+// reload that started earlier may have missed the key the caller needs.
+func (r *kidReloads) await(ctx context.Context, since time.Time, reload func() error) error {
+	for {
+		r.mu.Lock()
+		if ch := r.running; ch != nil {
+			r.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if !r.started.IsZero() && !r.started.Before(since) {
+			err := r.err
+			r.mu.Unlock()
+			return err
+		}
+		if wait := time.Until(r.started.Add(r.gap)); !r.started.IsZero() && wait > 0 {
+			r.mu.Unlock()
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+				continue
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			}
+		}
+		ch := make(chan struct{})
+		r.running, r.started = ch, time.Now()
+		r.mu.Unlock()
+
+		err := reload()
+		r.mu.Lock()
+		r.running, r.err = nil, err
+		r.mu.Unlock()
+		close(ch)
+		return err
+	}
+}
+
 // JWKS returns the published key set document (public keys only) and its strong ETag
 // (quoted). The bytes are shared: callers must not modify them.
 func (m *Manager) JWKS() (doc []byte, etag string) {
@@ -380,7 +478,9 @@ func (m *Manager) refreshLocked(ctx context.Context, strict bool) error {
 	case p.live == 0:
 		// Nothing can sign: the store is new (or every key was retired). No live key has
 		// signed anything, so there is nothing to pre-publish: the new key signs at once.
-		if _, err := m.create(ctx, now, now); err != nil {
+		// Other replicas may be here too, and a key that signs at once is one they would not
+		// know: only one of us creates it, and the others load it below.
+		if err := m.createFirst(ctx, now); err != nil {
 			return err
 		}
 		wrote = true
@@ -458,10 +558,7 @@ func (m *Manager) apply(ctx context.Context, p plan) (wrote bool, err error) {
 
 // create stores a new key of the configured algorithm that signs from activatesAt.
 func (m *Manager) create(ctx context.Context, now, activatesAt time.Time) (*storage.SigningKey, error) {
-	// Microseconds and UTC: what the backends keep, so this replica's view equals the stored one.
-	now = now.UTC().Truncate(time.Microsecond)
-	activatesAt = activatesAt.UTC().Truncate(time.Microsecond)
-	k, err := newKey(m.sealer, m.alg, now, activatesAt)
+	k, err := m.generate(now, activatesAt)
 	if err != nil {
 		return nil, err
 	}
@@ -470,6 +567,31 @@ func (m *Manager) create(ctx context.Context, now, activatesAt time.Time) (*stor
 	}
 	m.log.Info("keys: signing key created", "kid", k.KID, "alg", k.Alg, "activates_at", k.ActivatesAt)
 	return k, nil
+}
+
+// createFirst stores a key that signs at once, unless a live key exists by then.
+func (m *Manager) createFirst(ctx context.Context, now time.Time) error {
+	k, err := m.generate(now, now)
+	if err != nil {
+		return err
+	}
+	created, err := m.store.CreateKeyIfNoneLive(ctx, k)
+	if err != nil {
+		return fmt.Errorf("keys: store first key: %w", err)
+	}
+	if created {
+		m.log.Info("keys: signing key created", "kid", k.KID, "alg", k.Alg, "activates_at", k.ActivatesAt)
+	} else {
+		m.log.Debug("keys: another replica created the first signing key")
+	}
+	return nil
+}
+
+func (m *Manager) generate(now, activatesAt time.Time) (*storage.SigningKey, error) {
+	// Microseconds and UTC: what the backends keep, so this replica's view equals the stored one.
+	now = now.UTC().Truncate(time.Microsecond)
+	activatesAt = activatesAt.UTC().Truncate(time.Microsecond)
+	return newKey(m.sealer, m.alg, now, activatesAt)
 }
 
 // build turns rows into a view. Private keys are opened once per key: a signer already in the

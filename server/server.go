@@ -40,6 +40,16 @@ type Options struct {
 	// BootstrapAdminSecret, when set, is the secret of the admin client created on a store
 	// that has none (otherwise one is generated).
 	BootstrapAdminSecret string
+	// DatabaseTimeout bounds every store call a request makes, waiting for a connection
+	// included, and each transaction as a whole: a call that runs out fails with
+	// storage.ErrUnavailable, answered 503 with Retry-After. Zero: DefaultDatabaseTimeout.
+	// SQLite waits for another process's lock without looking at contexts: open it with
+	// sqlite.Options{BusyTimeout} no longer than this.
+	DatabaseTimeout time.Duration
+	// CacheTTL is how long clients, audiences and grants are cached (zero: the exchange's
+	// default; negative: no cache). Admin changes reach every replica at once through the
+	// store's change feed; the TTL is the safety net for a change the feed missed.
+	CacheTTL time.Duration
 	// OIDC is the organisation's sign-in provider for the consent pages (SPEC §11); nil
 	// leaves them saying that sign-in is not configured (grant requests still work, and
 	// admins can decide them).
@@ -49,6 +59,12 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// Bounds of background work, which has no caller waiting but must not hang either.
+const (
+	keysReloadTimeout = 10 * time.Second
+	gcTimeout         = time.Minute
+)
+
 // MaxTokenLifetime bounds every token Mandate issues: a retired signing key stays published
 // this long after its last signature.
 const MaxTokenLifetime = 24 * time.Hour
@@ -56,14 +72,19 @@ const MaxTokenLifetime = 24 * time.Hour
 // Server is a wired Mandate.
 type Server struct {
 	store   storage.Store
+	gcStore storage.Store // the store under a longer deadline: a backlog takes time to delete
 	log     *slog.Logger
 	keys    *keys.Manager
-	oauth   *authz.Server
-	consent *consent.Handler
-	public  *http.ServeMux
-	admin   http.Handler
-	metrics *metrics
-	pprof   bool
+	catalog *exchange.Catalog
+	// watching is closed once the change feed is first watched (tests wait for it).
+	watching     chan struct{}
+	watchingOnce sync.Once
+	oauth        *authz.Server
+	consent      *consent.Handler
+	public       *http.ServeMux
+	admin        http.Handler
+	metrics      *metrics
+	pprof        bool
 
 	// BootstrapSecret is the admin client's secret when New created that client and generated
 	// it; "" otherwise (it existed, or Options.BootstrapAdminSecret was used).
@@ -85,9 +106,13 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	if o.SigningAlg == "" {
 		o.SigningAlg = keys.ES256
 	}
+	if o.DatabaseTimeout <= 0 {
+		o.DatabaseTimeout = DefaultDatabaseTimeout
+	}
 	m := newMetrics()
-	store := countingStore{Store: o.Store, m: m}
-	s := &Server{store: store, log: o.Logger, metrics: m, pprof: o.Pprof}
+	store := countingStore{Store: deadlineStore{s: o.Store, timeout: o.DatabaseTimeout}, m: m}
+	s := &Server{store: store, gcStore: deadlineStore{s: o.Store, timeout: gcTimeout}, log: o.Logger, metrics: m, pprof: o.Pprof,
+		watching: make(chan struct{})}
 
 	sealer, err := keys.NewSealer(o.Master)
 	if err != nil {
@@ -98,6 +123,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		RotateEvery:      o.KeyRotation,
 		PublishAhead:     o.KeyPublishAhead,
 		TokenLifetimeMax: MaxTokenLifetime,
+		ReloadTimeout:    keysReloadTimeout,
 		Logger:           o.Logger,
 	})
 	if err != nil {
@@ -121,15 +147,16 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	}
 
 	svc, err := exchange.New(exchange.Deps{
-		Store:    store,
+		Store:    announcingStore{store}, // a grant request's approval creates a grant
 		Verifier: &envelope.Verifier{Issuer: o.Issuer},
 		KeySets:  exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{})),
 		Signer:   s.keys,
 		Logger:   o.Logger,
-	}, exchange.Config{Issuer: o.Issuer})
+	}, exchange.Config{Issuer: o.Issuer, CacheTTL: o.CacheTTL})
 	if err != nil {
 		return nil, err
 	}
+	s.catalog = svc.Catalog()
 	s.oauth = authz.NewHandler(authz.Deps{
 		Issuer:   o.Issuer,
 		Exchange: svc,
@@ -150,7 +177,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	s.public.Handle(consent.PathAccount+"/", s.consent)
 	s.public.Handle("/", s.oauth)
 	s.admin = api.NewHandler(api.Deps{
-		Store:         store,
+		Store:         announcingStore{store},
 		Hasher:        hasher,
 		Auth:          adminAuth{s.oauth},
 		Keys:          s.keys,
@@ -158,16 +185,16 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		GrantRequests: svc,
 		Logger:        o.Logger,
 		// Admin changes are rare: dropping the whole cache after each is simplest and exact.
-		// Other replicas see a change within the cache TTL (exchange.DefaultCacheTTL).
+		// This replica drops it on commit; the others when the change feed tells them
+		// (changes.go), moments later.
 		OnChange: svc.Catalog().InvalidateAll,
 	})
 	return s, nil
 }
 
-// Ready is /readyz: the store answers and a signing key is loaded.
+// Ready is /readyz: the store answers (within the database timeout) and a signing key is
+// loaded.
 func (s *Server) Ready(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}
@@ -196,21 +223,18 @@ func (s *Server) AdminHandler() http.Handler {
 	return withRequestID(mux)
 }
 
-// Run does the background work until ctx ends: the key rotation loop and the garbage
-// collection of expired replay marks and issued-token records.
+// Run does the background work until ctx ends: the key rotation loop, the watch on the
+// store's change feed, and the garbage collection of expired replay marks and issued-token
+// records.
 func (s *Server) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		if err := s.keys.Run(ctx); err != nil {
 			s.log.Error("key manager stopped", "err", err)
 		}
-	}()
-	go func() {
-		defer wg.Done()
-		s.collectGarbage(ctx, 5*time.Minute)
-	}()
+	})
+	wg.Go(func() { s.watchChanges(ctx) })
+	wg.Go(func() { s.collectGarbage(ctx, 5*time.Minute) })
 	wg.Wait()
 }
 
@@ -226,9 +250,9 @@ func (s *Server) collectGarbage(ctx context.Context, every time.Duration) {
 		case <-t.C:
 		}
 		now := time.Now()
-		marks, err1 := s.store.DeleteExpiredReplayMarks(ctx, now)
-		revs, err2 := s.store.DeleteExpiredTokens(ctx, now.Add(-time.Minute))
-		_, err3 := s.store.DeleteExpiredSessions(ctx, now, now.Add(-s.consent.IdleTimeout()))
+		marks, err1 := s.gcStore.DeleteExpiredReplayMarks(ctx, now)
+		revs, err2 := s.gcStore.DeleteExpiredTokens(ctx, now.Add(-time.Minute))
+		_, err3 := s.gcStore.DeleteExpiredSessions(ctx, now, now.Add(-s.consent.IdleTimeout()))
 		if err := errors.Join(err1, err2, err3); err != nil && ctx.Err() == nil {
 			s.log.Warn("garbage collection failed", "err", err)
 			continue
@@ -244,6 +268,9 @@ type adminAuth struct{ s *authz.Server }
 
 func (a adminAuth) AuthenticateBearer(ctx context.Context, token string) (api.Principal, error) {
 	id, scopes, err := a.s.AuthenticateBearer(ctx, token)
+	if errors.Is(err, authz.ErrUnavailable) {
+		return api.Principal{}, errors.Join(err, api.ErrUnavailable)
+	}
 	if err != nil {
 		return api.Principal{}, err
 	}

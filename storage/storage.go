@@ -18,6 +18,10 @@ var (
 	// ErrConflict: the write would break a uniqueness rule (an id already taken, a replay mark
 	// already set, a grant already revoked).
 	ErrConflict = errors.New("storage: conflict")
+	// ErrUnavailable: the backend did not answer, or not within the call's deadline (a held
+	// lock, a frozen or unreachable database). Nothing is known to have changed; the caller
+	// may retry later.
+	ErrUnavailable = errors.New("storage: unavailable")
 )
 
 // Store is a whole backend. A Store returned to the function given to InTx is bound to that
@@ -33,6 +37,7 @@ type Store interface {
 	GrantRequestStore
 	ConsentStore
 	SessionStore
+	ChangeFeed
 
 	// InTx runs fn in one transaction. fn's error rolls it back and is returned as is.
 	// Transactions do not nest: calling InTx on a Store handed to fn runs fn in the same
@@ -45,6 +50,11 @@ type Store interface {
 	// token id. When Audit.GrantID is set, the grant must still exist unrevoked at commit
 	// time, or the call fails with ErrConflict. A failed call writes nothing. It is the token
 	// endpoint's hot path: backends write one row in one round trip.
+	//
+	// Like every call, it must return once ctx is done, whatever it waits for (a pooled
+	// connection, a lock, a batch it joined): the server bounds each call with a deadline so
+	// a stuck database yields a fast 503, never a hung request. A call that gives up may
+	// still commit; it must never report success without having committed.
 	RecordIssuance(ctx context.Context, iss Issuance) error
 	// ReplayKeyUsed reports whether an issuance has used key (an Issuance.ReplayKey): what
 	// RecordIssuance would refuse for that key, asked without writing (explain answers it).
@@ -309,11 +319,37 @@ type SigningKey struct {
 type KeyStore interface {
 	// CreateKey stores k; ErrConflict when the kid is taken.
 	CreateKey(ctx context.Context, k *SigningKey) error
+	// CreateKeyIfNoneLive stores k only when no stored key is live (every key, if any, is
+	// retired), and reports whether it did. Of any number of callers racing on such a store,
+	// from any number of processes, exactly one creates its key: replicas that start together
+	// on an empty store agree on one key that signs at once.
+	CreateKeyIfNoneLive(ctx context.Context, k *SigningKey) (created bool, err error)
 	// ListKeys returns every stored key, oldest first.
 	ListKeys(ctx context.Context) ([]SigningKey, error)
 	UpdateKey(ctx context.Context, kid string, fn func(*SigningKey) error) (*SigningKey, error)
 	DeleteKey(ctx context.Context, kid string) error
 }
+
+// ---------------------------------------------------------------------------------------------
+// Change feed
+
+// ChangeFeed tells the processes sharing a store about admin changes as they commit, so that
+// each can drop what it caches (clients, audiences, grants) at once instead of serving it
+// until a TTL runs out.
+type ChangeFeed interface {
+	// AnnounceChange, called on the Store handed to InTx's fn, tells every watcher what
+	// changed once the transaction commits; if it rolls back, nothing is heard. what is a
+	// short text (at most MaxChangeText bytes) naming the change.
+	AnnounceChange(ctx context.Context, what string) error
+	// WatchChanges calls changed("") once it is watching (changes before that may have been
+	// missed), then changed(what) for changes announced by other processes (its own may be
+	// heard too), and changed("") whenever it cannot tell what changed. It returns nil when
+	// ctx is done, or the error that broke the watch; the caller watches again.
+	WatchChanges(ctx context.Context, changed func(what string)) error
+}
+
+// MaxChangeText bounds AnnounceChange's text.
+const MaxChangeText = 1000
 
 // ---------------------------------------------------------------------------------------------
 // Replay marks

@@ -26,7 +26,7 @@ func newApp(ctx context.Context, cfg *config, log *slog.Logger, stdout io.Writer
 	if err != nil {
 		return nil, err
 	}
-	store, kind, err := openStore(ctx, cfg.Database, cfg.DatabaseMaxConns, cfg.AutoMigrate, log)
+	store, kind, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -43,6 +43,7 @@ func newApp(ctx context.Context, cfg *config, log *slog.Logger, stdout io.Writer
 		SigningAlg:           cfg.SigningAlg,
 		KeyRotation:          cfg.KeyRotation,
 		KeyPublishAhead:      cfg.KeyPublishAhead,
+		DatabaseTimeout:      cfg.DatabaseTimeout,
 		BootstrapAdminSecret: cfg.BootstrapAdminSecret,
 		Pprof:                cfg.Pprof,
 		Logger:               log,

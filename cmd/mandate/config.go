@@ -21,6 +21,7 @@ type config struct {
 	AdminAddr        string
 	Database         string
 	DatabaseMaxConns int
+	DatabaseTimeout  time.Duration
 	AutoMigrate      bool
 	SigningAlg       string
 	KeyRotation      time.Duration
@@ -28,6 +29,7 @@ type config struct {
 	ShutdownTimeout  time.Duration
 	LogLevel         string
 	LogFormat        string
+	LogRepeat        time.Duration
 	Pprof            bool
 	OIDCIssuer       string
 	OIDCClientID     string
@@ -135,6 +137,8 @@ func parseServeConfig(args []string, getenv func(string) string, stdout io.Write
 	fe.duration(&c.ShutdownTimeout, "shutdown-timeout", "MANDATE_SHUTDOWN_TIMEOUT", 15*time.Second, "how long in-flight requests may finish at shutdown")
 	fe.string(&c.LogLevel, "log-level", "MANDATE_LOG_LEVEL", "info", "debug, info, warn or error")
 	fe.string(&c.LogFormat, "log-format", "MANDATE_LOG_FORMAT", "auto", "text, json, or auto (text on a terminal, JSON otherwise)")
+	fe.duration(&c.LogRepeat, "log-repeat-interval", "MANDATE_LOG_REPEAT_INTERVAL", server.DefaultRepeatInterval, "log a repeated warning or error once per interval, with a count (0: every time)")
+	fe.duration(&c.DatabaseTimeout, "database-timeout", "MANDATE_DATABASE_TIMEOUT", server.DefaultDatabaseTimeout, "longest wait for the database per call (connection and locks included); then 503")
 	fe.bool(&c.Pprof, "pprof", "MANDATE_PPROF", false, "serve /debug/pprof on the admin listener")
 	fe.string(&c.OIDCIssuer, "oidc-issuer", "MANDATE_OIDC_ISSUER", "", "the organisation's OpenID Connect provider, for the consent pages (none: sign-in is off)")
 	fe.string(&c.OIDCClientID, "oidc-client-id", "MANDATE_OIDC_CLIENT_ID", "", "Mandate's client id at that provider (secret: MANDATE_OIDC_CLIENT_SECRET)")
@@ -175,6 +179,12 @@ func (c *config) validate() error {
 	}
 	if c.Database == "" {
 		return usagef("--database (MANDATE_DATABASE_URL) is empty")
+	}
+	if c.DatabaseTimeout < 100*time.Millisecond {
+		return usagef("invalid --database-timeout (MANDATE_DATABASE_TIMEOUT) %s: at least 100ms", c.DatabaseTimeout)
+	}
+	if c.LogRepeat < 0 {
+		return usagef("invalid --log-repeat-interval (MANDATE_LOG_REPEAT_INTERVAL) %s: 0 or more", c.LogRepeat)
 	}
 	if c.KeyRotation < time.Hour {
 		return usagef("invalid --key-rotation (MANDATE_KEY_ROTATION) %s: at least 1h", c.KeyRotation)
@@ -225,8 +235,9 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-// newLogger writes text to a terminal and JSON elsewhere, unless format says which.
-func newLogger(w io.Writer, level, format string) *slog.Logger {
+// newLogger writes text to a terminal and JSON elsewhere, unless format says which; a warning
+// or error repeated within repeat is written once, then counted.
+func newLogger(w io.Writer, level, format string, repeat time.Duration) *slog.Logger {
 	l, _ := parseLevel(level)
 	opts := &slog.HandlerOptions{Level: l}
 	if format == "auto" {
@@ -241,5 +252,5 @@ func newLogger(w io.Writer, level, format string) *slog.Logger {
 	if format == "text" {
 		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(server.LogHandler(h))
+	return slog.New(server.CollapseRepeats(server.LogHandler(h), repeat))
 }

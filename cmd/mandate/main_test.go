@@ -20,6 +20,7 @@ type instance struct {
 	PublicURL string
 	AdminURL  string
 	Stdout    *syncBuffer
+	Logs      *syncBuffer // stderr: the log lines
 	cancel    context.CancelFunc
 	done      chan error
 }
@@ -74,7 +75,8 @@ func startE(t *testing.T, env map[string]string, args ...string) (*instance, err
 		inst.done <- err
 	}()
 	addrs := make(chan [2]string, 1)
-	var logs syncBuffer
+	logs := &syncBuffer{}
+	inst.Logs = logs
 	go func() {
 		var a [2]string
 		sc := bufio.NewScanner(pr)
@@ -193,6 +195,8 @@ func TestBadConfigurationExitsWithUsageError(t *testing.T) {
 		{"bad alg flag", []string{"serve", "--signing-alg", "RS256"}, nil, "--signing-alg (MANDATE_SIGNING_ALG)"},
 		{"bad alg env", []string{"serve"}, map[string]string{"MANDATE_SIGNING_ALG": "HS256"}, "MANDATE_SIGNING_ALG"},
 		{"bad duration env", []string{"serve"}, map[string]string{"MANDATE_KEY_ROTATION": "soon"}, "MANDATE_KEY_ROTATION (--key-rotation)"},
+		{"database timeout too short", []string{"serve", "--database-timeout", "1ms"}, nil, "--database-timeout (MANDATE_DATABASE_TIMEOUT)"},
+		{"negative repeat interval", []string{"serve"}, map[string]string{"MANDATE_LOG_REPEAT_INTERVAL": "-1s"}, "--log-repeat-interval (MANDATE_LOG_REPEAT_INTERVAL)"},
 		{"issuer trailing slash", []string{"serve", "--issuer", "https://mandate.example/"}, nil, "--issuer (MANDATE_ISSUER)"},
 		{"postgres without secret", []string{"serve", "--database", "postgres://127.0.0.1:1/x"}, nil, "MANDATE_SECRET is required"},
 		{"short secret", []string{"serve"}, map[string]string{"MANDATE_SECRET": "short"}, "MANDATE_SECRET"},

@@ -19,7 +19,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat, cfg.LogRepeat)
 	tuneGC(getenv)
 
 	app, err := newApp(ctx, cfg, log, stdout)

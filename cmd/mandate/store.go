@@ -19,10 +19,13 @@ import (
 
 // openStore opens the store cfg names. SQLite is migrated as it opens (it is the
 // zero-setup default); Postgres must be at the embedded schema version already, unless
-// autoMigrate asks to bring it there.
-func openStore(ctx context.Context, database string, maxConns int, autoMigrate bool, log *slog.Logger) (storage.Store, string, error) {
+// --auto-migrate asks to bring it there.
+func openStore(ctx context.Context, cfg *config, log *slog.Logger) (storage.Store, string, error) {
+	database, maxConns, autoMigrate := cfg.Database, cfg.DatabaseMaxConns, cfg.AutoMigrate
 	if !isPostgres(database) {
-		s, err := sqlite.Open(ctx, database)
+		// SQLite's wait for another process's lock ignores contexts: it must not outlast the
+		// deadline the server puts on every call.
+		s, err := sqlite.OpenWith(ctx, database, sqlite.Options{BusyTimeout: cfg.DatabaseTimeout})
 		if err != nil {
 			return nil, "", fmt.Errorf("open SQLite store %s: %w", database, err)
 		}

@@ -41,6 +41,29 @@ func (s *Store) CreateKey(ctx context.Context, k *storage.SigningKey) error {
 	})
 }
 
+// CreateKeyIfNoneLive implements storage.KeyStore. The table lock (SHARE ROW EXCLUSIVE
+// conflicts with itself and with writers, not with readers) makes racing callers check one
+// after the other; the insert's own snapshot, taken after the lock, sees every key committed
+// before it. A lock on the table rather than an advisory lock keeps schemas sharing one
+// database apart.
+func (s *Store) CreateKeyIfNoneLive(ctx context.Context, k *storage.SigningKey) (bool, error) {
+	var created bool
+	err := s.atomic(ctx, func(q querier) error {
+		if _, err := q.Exec(ctx, `LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+			return mapErr(err)
+		}
+		tag, err := q.Exec(ctx, `INSERT INTO signing_keys (`+keyCols+`)
+			SELECT $1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8::timestamptz, $9::timestamptz
+			WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE status <> 'retired')`, keyArgs(k)...)
+		if err != nil {
+			return mapErr(err)
+		}
+		created = tag.RowsAffected() == 1
+		return nil
+	})
+	return created, err
+}
+
 // ListKeys implements storage.KeyStore, oldest first.
 func (s *Store) ListKeys(ctx context.Context) ([]storage.SigningKey, error) {
 	rows, err := s.db.Query(ctx, `SELECT `+keyCols+` FROM signing_keys ORDER BY created_at, kid`)

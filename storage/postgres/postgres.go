@@ -19,6 +19,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -55,6 +57,8 @@ type Store struct {
 	pool *pgxpool.Pool
 	db   querier // pool, or tx on the Store handed to InTx's fn
 	tx   pgx.Tx
+	// channel is where AnnounceChange notifies and WatchChanges listens (see changes.go).
+	channel string
 
 	sqlOnce sync.Once
 	sqlDB   *sql.DB // database/sql view of pool, for goose; made on first use
@@ -82,6 +86,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if opts.Schema != "" {
 		cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
 	}
+	cfg.ConnConfig.BuildContextWatcherHandler = cancelOnServer
 	if opts.configure != nil {
 		opts.configure(cfg)
 	}
@@ -108,7 +113,27 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("storage/postgres: %w", err)
 		}
 	}
-	return &Store{pool: pool, db: pool}, nil
+	channel, err := changeChannel(ctx, pool)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("storage/postgres: %w", err)
+	}
+	return &Store{pool: pool, db: pool, channel: channel}, nil
+}
+
+// cancelGrace is how long a statement whose context ended may take to acknowledge its
+// cancellation before its connection is dropped.
+const cancelGrace = 500 * time.Millisecond
+
+// cancelOnServer makes a statement whose context ends stop on the server too. pgx's default
+// only drops the connection, and the server does not notice: a statement queued behind a
+// lock would wait on, then run and commit once the lock is released, after its caller had
+// been told it failed (an issuance recorded for a token never delivered, its envelope used
+// up), while the pool opened a new connection for every caller that gave up. A cancel
+// request stops it where it waits, and the connection stays usable. Should the server not
+// answer (frozen), the connection is dropped after cancelGrace.
+func cancelOnServer(c *pgconn.PgConn) ctxwatch.Handler {
+	return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: cancelGrace}
 }
 
 // Migrations returns a goose provider over the Store's pool (same search_path), for
@@ -180,7 +205,7 @@ func (s *Store) InTx(ctx context.Context, fn func(tx storage.Store) error) (err 
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
-	if err := fn(&Store{pool: s.pool, db: tx, tx: tx}); err != nil {
+	if err := fn(&Store{pool: s.pool, db: tx, tx: tx, channel: s.channel}); err != nil {
 		return err
 	}
 	return mapErr(tx.Commit(ctx))
@@ -227,7 +252,21 @@ func mapErr(err error) error {
 	if errors.As(err, &pe) && pe.Code == "23505" { // unique_violation
 		return fmt.Errorf("%w: %s", storage.ErrConflict, pe.ConstraintName)
 	}
+	if unreachable(err) {
+		return fmt.Errorf("%w: storage/postgres: %w", storage.ErrUnavailable, err)
+	}
 	return fmt.Errorf("storage/postgres: %w", err)
+}
+
+// unreachable reports errors that say the database did not answer (rather than refused):
+// no connection, or none in time. 57014 is query_canceled, which is what a statement
+// cancelled at its deadline reports.
+func unreachable(err error) bool {
+	var ce *pgconn.ConnectError
+	var pe *pgconn.PgError
+	var ne net.Error
+	return errors.As(err, &ce) || pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &pe) && pe.Code == "57014") || errors.As(err, &ne)
 }
 
 // notFoundUnlessChanged turns "no row changed" into ErrNotFound.

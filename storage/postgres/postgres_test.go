@@ -109,6 +109,30 @@ func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) storage.Store { return openStore(t, Options{}) })
 }
 
+// TestConformanceShared runs the cases that need two replicas' handles on one schema.
+func TestConformanceShared(t *testing.T) {
+	url := testURL(t)
+	storagetest.RunShared(t, func(t *testing.T) (storage.Store, storage.Store) {
+		a := openStore(t, Options{})
+		b, err := Open(t.Context(), url, Options{Schema: a.schema(t), MaxConns: testPoolSize})
+		if err != nil {
+			t.Fatalf("Open a second handle: %v", err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return a, b
+	})
+}
+
+// schema is the schema s works in.
+func (s *Store) schema(t testing.TB) string {
+	t.Helper()
+	var name string
+	if err := s.pool.QueryRow(t.Context(), `SELECT current_schema()`).Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
 func TestOpenFailsWhenUnreachable(t *testing.T) {
 	// Port 1 on loopback: nothing listens there, so the connection is refused at once.
 	_, err := Open(t.Context(), "postgres://postgres@127.0.0.1:1/test?sslmode=disable&connect_timeout=5", Options{})

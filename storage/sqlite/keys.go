@@ -37,6 +37,31 @@ func (s *Store) CreateKey(ctx context.Context, k *storage.SigningKey) error {
 	return mapErr(err)
 }
 
+// CreateKeyIfNoneLive implements storage.KeyStore. The transaction begins IMMEDIATE, holding
+// the file's write lock from its first statement: callers in this process queue for the write
+// connection, and those in other processes for the lock, so each checks after the previous
+// one committed.
+func (s *Store) CreateKeyIfNoneLive(ctx context.Context, k *storage.SigningKey) (bool, error) {
+	var created bool
+	err := s.withTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `INSERT INTO signing_keys (`+keyCols+`)
+			SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?
+			WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE status <> 'retired')`,
+			k.KID, k.Alg, k.Status, string(k.PublicJWK), notNullBlob(k.EncryptedPrivateKey),
+			micros(k.CreatedAt), micros(k.ActivatesAt), nullMicros(k.RetiredAt), nullMicros(k.RemoveAt))
+		if err != nil {
+			return mapErr(err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return mapErr(err)
+		}
+		created = n == 1
+		return nil
+	})
+	return created, err
+}
+
 // ListKeys implements storage.KeyStore, oldest first.
 func (s *Store) ListKeys(ctx context.Context) ([]storage.SigningKey, error) {
 	rows, err := s.reader().QueryContext(ctx, `SELECT `+keyCols+` FROM signing_keys

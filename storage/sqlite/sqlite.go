@@ -40,6 +40,7 @@ type Store struct {
 	read  *sql.DB // query_only connections
 	hot   *hotStmts
 	tx    *sql.Tx // set on the Store handed to InTx's fn: everything then runs in tx
+	busy  time.Duration
 }
 
 // querier is what *sql.DB and *sql.Tx have in common.
@@ -49,20 +50,41 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-// busyTimeoutMS bounds how long a connection waits for a lock another process holds.
-const busyTimeoutMS = 10000
+// DefaultBusyTimeout bounds how long a connection waits for a lock another process holds,
+// unless Options say otherwise.
+const DefaultBusyTimeout = 10 * time.Second
 
-// Open opens the SQLite database file at path, creating it if needed, and applies pending
+// Options tune OpenWith.
+type Options struct {
+	// BusyTimeout bounds how long a statement waits for a lock another process holds (SQLite's
+	// busy_timeout); then it fails with storage.ErrUnavailable. SQLite does not stop that wait
+	// when a call's context ends, so a caller that bounds calls with deadlines sets this to
+	// its deadline. Zero means DefaultBusyTimeout.
+	BusyTimeout time.Duration
+}
+
+// Open is OpenWith with default Options.
+func Open(ctx context.Context, path string) (*Store, error) {
+	return OpenWith(ctx, path, Options{})
+}
+
+// OpenWith opens the SQLite database file at path, creating it if needed, and applies pending
 // migrations. In-memory databases are refused: database/sql would give every pooled
 // connection its own empty database.
-func Open(ctx context.Context, path string) (*Store, error) {
+func OpenWith(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := checkPath(path); err != nil {
 		return nil, err
 	}
+	busy := opts.BusyTimeout
+	if busy <= 0 {
+		busy = DefaultBusyTimeout
+	}
+	busyMS := max(1, busy.Milliseconds())
 
 	// Migrate on a connection of its own and close it, so goose's connection handling never
-	// competes with the single write connection.
-	mdb, err := openDB(path, writeParams(), 1)
+	// competes with the single write connection. Migrating waits the default time for other
+	// processes: it runs once, at start.
+	mdb, err := openDB(path, writeParams(DefaultBusyTimeout.Milliseconds()), 1)
 	if err != nil {
 		return nil, err
 	}
@@ -74,12 +96,12 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, fmt.Errorf("storage/sqlite: close migration connection: %w", err)
 	}
 
-	write, err := openDB(path, writeParams(), 1)
+	write, err := openDB(path, writeParams(busyMS), 1)
 	if err != nil {
 		return nil, err
 	}
 	readers := max(4, runtime.GOMAXPROCS(0))
-	read, err := openDB(path, readParams(), readers)
+	read, err := openDB(path, readParams(busyMS), readers)
 	if err != nil {
 		_ = write.Close()
 		return nil, err
@@ -89,7 +111,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		_ = errors.Join(write.Close(), read.Close())
 		return nil, err
 	}
-	s := &Store{write: write, read: read, hot: hot}
+	s := &Store{write: write, read: read, hot: hot, busy: busy}
 	if err := s.Ping(ctx); err != nil {
 		_ = s.Close()
 		return nil, err
@@ -110,9 +132,9 @@ func checkPath(path string) error {
 	return nil
 }
 
-func writeParams() url.Values {
+func writeParams(busyMS int64) url.Values {
 	q := url.Values{}
-	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeoutMS))
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyMS))
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Add("_pragma", "synchronous(NORMAL)")
@@ -120,9 +142,9 @@ func writeParams() url.Values {
 	return q
 }
 
-func readParams() url.Values {
+func readParams(busyMS int64) url.Values {
 	q := url.Values{}
-	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeoutMS))
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyMS))
 	q.Add("_pragma", "foreign_keys(1)")
 	// A write that slips onto the read pool would bypass the writer queue; make it fail.
 	q.Add("_pragma", "query_only(1)")
@@ -203,7 +225,7 @@ func (s *Store) InTx(ctx context.Context, fn func(tx storage.Store) error) error
 		return fn(s)
 	}
 	return s.withTx(ctx, func(tx *sql.Tx) error {
-		return fn(&Store{write: s.write, read: s.read, hot: s.hot, tx: tx})
+		return fn(&Store{write: s.write, read: s.read, hot: s.hot, tx: tx, busy: s.busy})
 	})
 }
 
@@ -271,6 +293,15 @@ func mapErr(err error) error {
 		case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE:
 			return fmt.Errorf("%w: %s", storage.ErrConflict, se.Error())
 		}
+		// Busy (and its extended codes): another process held the lock past busy_timeout.
+		// Interrupted: the call's context ended while the statement ran.
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_INTERRUPT:
+			return fmt.Errorf("%w: storage/sqlite: %w", storage.ErrUnavailable, err)
+		}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: storage/sqlite: %w", storage.ErrUnavailable, err)
 	}
 	return fmt.Errorf("storage/sqlite: %w", err)
 }

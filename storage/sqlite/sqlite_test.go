@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +50,14 @@ func rawProvider(t *testing.T, path string) (*sql.DB, *goose.Provider) {
 func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) storage.Store {
 		return open(t, filepath.Join(t.TempDir(), "m.db"))
+	})
+}
+
+// TestConformanceShared runs the cases that need two processes' handles on one file.
+func TestConformanceShared(t *testing.T) {
+	storagetest.RunShared(t, func(t *testing.T) (storage.Store, storage.Store) {
+		path := filepath.Join(t.TempDir(), "m.db")
+		return open(t, path), open(t, path)
 	})
 }
 
@@ -176,5 +185,41 @@ func BenchmarkRecordIssuance(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A lone process hears nothing of its own commits (readers included): otherwise every poll
+// would drop the server's caches for nothing.
+func TestChangeFeedIgnoresOwnCommits(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "m.db"))
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var mu sync.Mutex
+	heard := 0
+	done := make(chan error, 1)
+	go func() {
+		done <- s.WatchChanges(ctx, func(string) {
+			mu.Lock()
+			heard++
+			mu.Unlock()
+		})
+	}()
+	now := time.Now().UTC()
+	for i := range 50 {
+		c := &storage.Client{ID: fmt.Sprintf("c%d", i), CreatedAt: now, UpdatedAt: now}
+		if err := s.InTx(ctx, func(tx storage.Store) error { return tx.CreateClient(ctx, c) }); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.GetClient(ctx, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // spread over a few polls
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if heard != 1 {
+		t.Fatalf("the watcher was called %d times; want once (when it started), never for this process's own commits", heard)
 	}
 }

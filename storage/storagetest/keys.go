@@ -2,6 +2,8 @@ package storagetest
 
 import (
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +13,8 @@ import (
 var keyCases = []testCase{
 	{"Lifecycle", testKeys},
 	{"MissingIsNotFound", testKeyNotFound},
+	{"CreateIfNoneLive", testCreateKeyIfNoneLive},
+	{"CreateIfNoneLiveRace", func(t *testing.T, s storage.Store) { raceFirstKey(t, s, s) }},
 }
 
 func makeKey(kid string, created time.Time) *storage.SigningKey {
@@ -81,6 +85,87 @@ func testKeys(t *testing.T, s storage.Store) {
 	mustDo(t, err, "ListKeys after delete")
 	if len(keys) != 1 || keys[0].KID != "kid_new" {
 		t.Errorf("ListKeys after deleting kid_old: %+v, want only kid_new", keys)
+	}
+}
+
+// CreateKeyIfNoneLive creates only while every stored key, if any, is retired.
+func testCreateKeyIfNoneLive(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	first := makeKey("kid_first", now)
+	created, err := s.CreateKeyIfNoneLive(ctx, first)
+	mustDo(t, err, "CreateKeyIfNoneLive on an empty store")
+	if !created {
+		t.Fatalf("CreateKeyIfNoneLive on an empty store created nothing")
+	}
+	keys, err := s.ListKeys(ctx)
+	mustDo(t, err, "ListKeys")
+	if len(keys) != 1 {
+		t.Fatalf("ListKeys: %d keys, want 1", len(keys))
+	}
+	checkEqual(t, "key created by CreateKeyIfNoneLive", &keys[0], first)
+
+	for _, status := range []string{storage.KeyActive, storage.KeyNext} {
+		_, err := s.UpdateKey(ctx, "kid_first", func(k *storage.SigningKey) error {
+			k.Status = status
+			return nil
+		})
+		mustDo(t, err, "UpdateKey to "+status)
+		created, err = s.CreateKeyIfNoneLive(ctx, makeKey("kid_second", now.Add(time.Hour)))
+		mustDo(t, err, "CreateKeyIfNoneLive beside a "+status+" key")
+		if created {
+			t.Fatalf("CreateKeyIfNoneLive created a key beside a %s key", status)
+		}
+	}
+	_, err = s.UpdateKey(ctx, "kid_first", func(k *storage.SigningKey) error {
+		k.Status, k.RetiredAt, k.RemoveAt = storage.KeyRetired, now, now.Add(time.Hour)
+		return nil
+	})
+	mustDo(t, err, "UpdateKey to retired")
+	created, err = s.CreateKeyIfNoneLive(ctx, makeKey("kid_second", now.Add(time.Hour)))
+	mustDo(t, err, "CreateKeyIfNoneLive beside a retired key")
+	if !created {
+		t.Fatalf("CreateKeyIfNoneLive beside only a retired key created nothing")
+	}
+	created, err = s.CreateKeyIfNoneLive(ctx, makeKey("kid_first", now))
+	if created || err != nil && !errors.Is(err, storage.ErrConflict) {
+		t.Errorf("CreateKeyIfNoneLive with a taken kid beside a live key = %v, %v; want false and no error or ErrConflict", created, err)
+	}
+}
+
+// raceFirstKey has several callers, half on a and half on b (two handles on one store, or
+// one twice), create a first key at once: exactly one may succeed.
+func raceFirstKey(t *testing.T, a, b storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	const n = 8
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	created := make([]bool, n)
+	errs := make([]error, n)
+	for i := range n {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Go(func() {
+			<-start
+			created[i], errs[i] = s.CreateKeyIfNoneLive(ctx, makeKey(fmt.Sprintf("kid_race_%d", i), now))
+		})
+	}
+	close(start)
+	wg.Wait()
+	winners := 0
+	for i := range n {
+		mustDo(t, errs[i], fmt.Sprintf("racing CreateKeyIfNoneLive #%d", i))
+		if created[i] {
+			winners++
+		}
+	}
+	keys, err := a.ListKeys(ctx)
+	mustDo(t, err, "ListKeys after the race")
+	if winners != 1 || len(keys) != 1 {
+		t.Fatalf("%d of %d racing callers created a key and the store holds %d; want exactly 1 and 1", winners, n, len(keys))
 	}
 }
 

@@ -41,6 +41,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"Consent", consentCases},
 		{"Sessions", sessionCases},
 		{"Tx", txCases},
+		{"Changes", changeCases},
 		{"Misc", miscCases},
 	}
 	for _, g := range groups {
