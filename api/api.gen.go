@@ -38,6 +38,90 @@ func (e AuthMethod) Valid() bool {
 	}
 }
 
+// Defines values for ExplainStepName.
+const (
+	ExplainStepNameClient            ExplainStepName = "client"
+	ExplainStepNameEnvelopeClaims    ExplainStepName = "envelope_claims"
+	ExplainStepNameEnvelopeSignature ExplainStepName = "envelope_signature"
+	ExplainStepNameGrant             ExplainStepName = "grant"
+	ExplainStepNameGrantType         ExplainStepName = "grant_type"
+	ExplainStepNameIssuance          ExplainStepName = "issuance"
+	ExplainStepNameLifetime          ExplainStepName = "lifetime"
+	ExplainStepNameMode              ExplainStepName = "mode"
+	ExplainStepNameParameters        ExplainStepName = "parameters"
+	ExplainStepNameScopes            ExplainStepName = "scopes"
+	ExplainStepNameTarget            ExplainStepName = "target"
+)
+
+// Valid indicates whether the value is a known member of the ExplainStepName enum.
+func (e ExplainStepName) Valid() bool {
+	switch e {
+	case ExplainStepNameClient:
+		return true
+	case ExplainStepNameEnvelopeClaims:
+		return true
+	case ExplainStepNameEnvelopeSignature:
+		return true
+	case ExplainStepNameGrant:
+		return true
+	case ExplainStepNameGrantType:
+		return true
+	case ExplainStepNameIssuance:
+		return true
+	case ExplainStepNameLifetime:
+		return true
+	case ExplainStepNameMode:
+		return true
+	case ExplainStepNameParameters:
+		return true
+	case ExplainStepNameScopes:
+		return true
+	case ExplainStepNameTarget:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ExplainStepOutcome.
+const (
+	ExplainStepOutcomePassed  ExplainStepOutcome = "passed"
+	ExplainStepOutcomeRefused ExplainStepOutcome = "refused"
+	ExplainStepOutcomeSkipped ExplainStepOutcome = "skipped"
+)
+
+// Valid indicates whether the value is a known member of the ExplainStepOutcome enum.
+func (e ExplainStepOutcome) Valid() bool {
+	switch e {
+	case ExplainStepOutcomePassed:
+		return true
+	case ExplainStepOutcomeRefused:
+		return true
+	case ExplainStepOutcomeSkipped:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ExplanationDecision.
+const (
+	ExplanationDecisionGranted ExplanationDecision = "granted"
+	ExplanationDecisionRefused ExplanationDecision = "refused"
+)
+
+// Valid indicates whether the value is a known member of the ExplanationDecision enum.
+func (e ExplanationDecision) Valid() bool {
+	switch e {
+	case ExplanationDecisionGranted:
+		return true
+	case ExplanationDecisionRefused:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for GrantRequestStatus.
 const (
 	GrantRequestStatusApproved GrantRequestStatus = "approved"
@@ -575,6 +659,119 @@ type ConsentRecord struct {
 // Example: 300
 type EnvelopeLifetime = int
 
+// ExplainGrant defines model for ExplainGrant.
+type ExplainGrant struct {
+	// Chosen The token would be issued under it.
+	Chosen bool `json:"chosen"`
+
+	// EffectiveScopes Envelope ∩ grant ∩ audience ∩ client scopes, when it covers the audience and mode.
+	EffectiveScopes *[]string `json:"effective_scopes,omitempty"`
+
+	// Grant Example: {"audiences":["orders_api"],"client_id":"webapp-prod","created_at":"2026-01-05T10:00:00Z","created_by":"mandate-admin","expires_at":"2026-07-01T00:00:00Z","id":"grt_019a7c3e5b10f2a4c6e8d0b1a3","modes":["on_behalf_of"],"not_before":"2026-01-05T10:00:00Z","scopes":["orders:read"],"status":"active","subject":"user_123","tenant":"acme"}
+	Grant Grant `json:"grant"`
+
+	// InForce Not revoked, valid at `at`, and for this agent (or any).
+	InForce bool `json:"in_force"`
+
+	// Matched In force, covers the audience and mode, and yields the scopes asked for.
+	Matched bool     `json:"matched"`
+	Why     []string `json:"why"`
+}
+
+// ExplainRefusal What the token endpoint answers (RFC 6749 §5.2 members and Mandate's `reason`).
+type ExplainRefusal struct {
+	// Error Example: invalid_target
+	Error            string `json:"error"`
+	ErrorDescription string `json:"error_description"`
+
+	// Reason Example: grant_does_not_cover_audience_or_mode
+	Reason string `json:"reason"`
+
+	// UserMayConsent The refusal is for lack of a grant and the audience lets users grant access
+	// themselves: the endpoint's answer names its `grant_request_endpoint` (SPEC §11).
+	UserMayConsent *bool `json:"user_may_consent,omitempty"`
+}
+
+// ExplainRequest An exchange as `client_id` would present it: `subject_token` or `claims`, not both
+// (neither is explained as the endpoint's refusal of a missing `subject_token`);
+// `audience`, `resource` or both (neither, likewise, is the endpoint's refusal of a
+// missing target); `scope` space-delimited, absent to ask for every effective scope.
+//
+// Example: {"at":"2027-01-01T00:00:00Z","audience":"orders_api","claims":{"actor":{"sub":"alice","tenant":"acme","type":"user"},"agent":{"client_id":"webapp-prod","id":"support-agent"},"aud":"https://mandate.example.com","authorization":{"scopes":["orders:read","orders:write"]},"delegation":{"mode":"on_behalf_of"},"exp":1798761660,"iat":1798761600,"iss":"webapp-prod","jti":"what-if-1","session":{"id":"sess_1"}},"client_id":"webapp-prod","scope":"orders:write"}
+type ExplainRequest struct {
+	// At The evaluation time (default now).
+	At       *time.Time `json:"at,omitempty"`
+	Audience *string    `json:"audience,omitempty"`
+
+	// Claims An envelope's claims (the JWS payload), unsigned, for a "what if" question.
+	Claims *json.RawMessage `json:"claims,omitempty"`
+
+	// ClientID Example: webapp-prod
+	ClientID ID      `json:"client_id"`
+	Resource *string `json:"resource,omitempty"`
+	Scope    *string `json:"scope,omitempty"`
+
+	// SubjectToken A signed envelope (compact JWS). Over 8 KiB it is refused as the endpoint refuses it.
+	SubjectToken *string `json:"subject_token,omitempty"`
+}
+
+// ExplainStep defines model for ExplainStep.
+type ExplainStep struct {
+	// Detail What the step saw, in plain words.
+	Detail string `json:"detail"`
+
+	// Error What the token endpoint answers (RFC 6749 §5.2 members and Mandate's `reason`).
+	Error *ExplainRefusal `json:"error,omitempty"`
+
+	// Name The decision table's row, in order.
+	Name    ExplainStepName    `json:"name"`
+	Outcome ExplainStepOutcome `json:"outcome"`
+}
+
+// ExplainStepName The decision table's row, in order.
+type ExplainStepName string
+
+// ExplainStepOutcome defines model for ExplainStep.Outcome.
+type ExplainStepOutcome string
+
+// Explanation Example: {"at":"2027-01-01T00:00:00Z","audience":"orders_api","client_id":"webapp-prod","decision":"refused","error":{"error":"invalid_scope","error_description":"a requested scope is not allowed","reason":"scope_not_allowed"},"grants":[],"steps":[{"detail":"client webapp-prod is registered and enabled (explain does not check credentials)","name":"client","outcome":"passed"},{"detail":"no covering grant yields the scopes (see grants): envelope [orders:read orders:write] ∩ grant ∩ audience [orders:read orders:write] ∩ client [] (any); requested [orders:write]","error":{"error":"invalid_scope","error_description":"a requested scope is not allowed","reason":"scope_not_allowed"},"name":"scopes","outcome":"refused"},{"detail":"not reached: the exchange is refused at step scopes","name":"lifetime","outcome":"skipped"}],"what_if":true}
+type Explanation struct {
+	At time.Time `json:"at"`
+
+	// Audience The audience the target resolved to.
+	Audience *string `json:"audience,omitempty"`
+
+	// Claims The claims the token would carry, when granted (no `jti`, which issuance makes; not signed).
+	Claims          *json.RawMessage    `json:"claims,omitempty"`
+	ClientID        string              `json:"client_id"`
+	Decision        ExplanationDecision `json:"decision"`
+	EffectiveScopes *[]string           `json:"effective_scopes,omitempty"`
+
+	// Envelope The envelope's claims, once they could be read.
+	Envelope *json.RawMessage `json:"envelope,omitempty"`
+
+	// Error What the token endpoint answers (RFC 6749 §5.2 members and Mandate's `reason`).
+	Error *ExplainRefusal `json:"error,omitempty"`
+
+	// ExpiresIn The token's lifetime in seconds, when granted.
+	ExpiresIn *int `json:"expires_in,omitempty"`
+
+	// GrantID The grant the token would be issued under.
+	GrantID         *string        `json:"grant_id,omitempty"`
+	Grants          []ExplainGrant `json:"grants"`
+	IssuedTokenType *string        `json:"issued_token_type,omitempty"`
+
+	// Scopes The scopes the token would carry.
+	Scopes *[]string     `json:"scopes,omitempty"`
+	Steps  []ExplainStep `json:"steps"`
+
+	// WhatIf Claims were given instead of a signed envelope.
+	WhatIf bool `json:"what_if"`
+}
+
+// ExplanationDecision defines model for Explanation.Decision.
+type ExplanationDecision string
+
 // FieldError defines model for FieldError.
 type FieldError struct {
 	// Field The member or parameter, members of nested objects joined by `.`.
@@ -956,6 +1153,9 @@ type UpdateClientJSONRequestBody = ClientUpdate
 // RotateClientSecretJSONRequestBody defines body for RotateClientSecret for application/json ContentType.
 type RotateClientSecretJSONRequestBody = SecretRotation
 
+// ExplainExchangeJSONRequestBody defines body for ExplainExchange for application/json ContentType.
+type ExplainExchangeJSONRequestBody = ExplainRequest
+
 // CreateGrantJSONRequestBody defines body for CreateGrant for application/json ContentType.
 type CreateGrantJSONRequestBody = GrantCreate
 
@@ -1000,6 +1200,9 @@ type ServerInterface interface {
 	// RotateClientSecret Rotate a client's secret
 	// (POST /clients/{client_id}/secret)
 	RotateClientSecret(w http.ResponseWriter, r *http.Request, clientID ClientID)
+	// ExplainExchange Explain what the token endpoint would decide on an exchange
+	// (POST /explain)
+	ExplainExchange(w http.ResponseWriter, r *http.Request)
 	// ListGrantRequests List grant requests
 	// (GET /grant-requests)
 	ListGrantRequests(w http.ResponseWriter, r *http.Request, params ListGrantRequestsParams)
@@ -1105,6 +1308,12 @@ func (_ Unimplemented) UpdateClient(w http.ResponseWriter, r *http.Request, clie
 // RotateClientSecret Rotate a client's secret
 // (POST /clients/{client_id}/secret)
 func (_ Unimplemented) RotateClientSecret(w http.ResponseWriter, r *http.Request, clientID ClientID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ExplainExchange Explain what the token endpoint would decide on an exchange
+// (POST /explain)
+func (_ Unimplemented) ExplainExchange(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1646,6 +1855,20 @@ func (siw *ServerInterfaceWrapper) RotateClientSecret(w http.ResponseWriter, r *
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.RotateClientSecret(w, r, clientID)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ExplainExchange operation middleware
+func (siw *ServerInterfaceWrapper) ExplainExchange(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ExplainExchange(w, r)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2214,6 +2437,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/audit", wrapper.ListAudit)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/explain", wrapper.ExplainExchange)
 	})
 
 	return r
@@ -3922,6 +4148,146 @@ func (response RotateClientSecret503ApplicationProblemPlusJSONResponse) VisitRot
 	return err
 }
 
+type ExplainExchangeRequestObject struct {
+	Body *ExplainExchangeJSONRequestBody
+}
+
+type ExplainExchangeResponseObject interface {
+	VisitExplainExchangeResponse(w http.ResponseWriter) error
+}
+
+type ExplainExchange200JSONResponse Explanation
+
+func (response ExplainExchange200JSONResponse) VisitExplainExchangeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ExplainExchange400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response ExplainExchange400ApplicationProblemPlusJSONResponse) VisitExplainExchangeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ExplainExchange401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response ExplainExchange401ApplicationProblemPlusJSONResponse) VisitExplainExchangeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.WWWAuthenticate != nil {
+		w.Header().Set("WWW-Authenticate", fmt.Sprint(*response.Headers.WWWAuthenticate))
+	}
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ExplainExchange403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response ExplainExchange403ApplicationProblemPlusJSONResponse) VisitExplainExchangeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ExplainExchange413ApplicationProblemPlusJSONResponse struct {
+	PayloadTooLargeApplicationProblemPlusJSONResponse
+}
+
+func (response ExplainExchange413ApplicationProblemPlusJSONResponse) VisitExplainExchangeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(413)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ExplainExchange415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response ExplainExchange415ApplicationProblemPlusJSONResponse) VisitExplainExchangeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ExplainExchange500ApplicationProblemPlusJSONResponse struct {
+	InternalErrorApplicationProblemPlusJSONResponse
+}
+
+func (response ExplainExchange500ApplicationProblemPlusJSONResponse) VisitExplainExchangeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ExplainExchange503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response ExplainExchange503ApplicationProblemPlusJSONResponse) VisitExplainExchangeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type ListGrantRequestsRequestObject struct {
 	Params ListGrantRequestsParams
 }
@@ -5197,6 +5563,9 @@ type StrictServerInterface interface {
 	// RotateClientSecret Rotate a client's secret
 	// (POST /clients/{client_id}/secret)
 	RotateClientSecret(ctx context.Context, request RotateClientSecretRequestObject) (RotateClientSecretResponseObject, error)
+	// ExplainExchange Explain what the token endpoint would decide on an exchange
+	// (POST /explain)
+	ExplainExchange(ctx context.Context, request ExplainExchangeRequestObject) (ExplainExchangeResponseObject, error)
 	// ListGrantRequests List grant requests
 	// (GET /grant-requests)
 	ListGrantRequests(ctx context.Context, request ListGrantRequestsRequestObject) (ListGrantRequestsResponseObject, error)
@@ -5607,6 +5976,37 @@ func (sh *strictHandler) RotateClientSecret(w http.ResponseWriter, r *http.Reque
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(RotateClientSecretResponseObject); ok {
 		if err := validResponse.VisitRotateClientSecretResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ExplainExchange operation middleware
+func (sh *strictHandler) ExplainExchange(w http.ResponseWriter, r *http.Request) {
+	var request ExplainExchangeRequestObject
+
+	var body ExplainExchangeJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ExplainExchange(ctx, request.(ExplainExchangeRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ExplainExchange")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ExplainExchangeResponseObject); ok {
+		if err := validResponse.VisitExplainExchangeResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {

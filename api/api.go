@@ -69,8 +69,10 @@ type Deps struct {
 	Hasher *secret.Hasher
 	Auth   Authenticator
 	Keys   KeyAdmin
-	Logger *slog.Logger
-	Now    func() time.Time
+	// Explain answers POST /explain: what the token endpoint would decide.
+	Explain Explainer
+	Logger  *slog.Logger
+	Now     func() time.Time
 	// GrantRequests decides grant requests for admins; nil makes approve and deny fail.
 	GrantRequests GrantRequestDecider
 	// OnChange, when set, is called after every committed change, so caches of clients and
@@ -84,8 +86,8 @@ type Deps struct {
 // NewHandler returns the admin API, serving paths under BasePath. It panics on a missing
 // dependency or an embedded spec that does not load: wiring faults, caught at start-up.
 func NewHandler(d Deps) http.Handler {
-	if d.Store == nil || d.Hasher == nil || d.Auth == nil || d.Keys == nil {
-		panic("api: NewHandler needs Store, Hasher, Auth and Keys")
+	if d.Store == nil || d.Hasher == nil || d.Auth == nil || d.Keys == nil || d.Explain == nil {
+		panic("api: NewHandler needs Store, Hasher, Auth, Keys and Explain")
 	}
 	if d.Logger == nil {
 		d.Logger = slog.Default()
@@ -104,6 +106,7 @@ func NewHandler(d Deps) http.Handler {
 		store:   d.Store,
 		hasher:  d.Hasher,
 		keys:    d.Keys,
+		explain: d.Explain,
 		decider: d.GrantRequests,
 		log:     d.Logger,
 		now:     func() time.Time { return d.Now().UTC().Truncate(time.Microsecond) },

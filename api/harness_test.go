@@ -22,6 +22,9 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 
+	"github.com/mandatehq/mandate/envelope"
+	"github.com/mandatehq/mandate/exchange"
+	"github.com/mandatehq/mandate/keys"
 	"github.com/mandatehq/mandate/secret"
 	"github.com/mandatehq/mandate/storage"
 	"github.com/mandatehq/mandate/storage/postgres/pgtest"
@@ -150,13 +153,40 @@ func newEnvAuth(t testing.TB, store storage.Store, auth Authenticator, opts ...f
 		t.Fatalf("spec: %v", err)
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	d := Deps{Store: store, Hasher: e.hasher, Auth: auth, Keys: e.keys, Logger: logger, Now: e.clock}
+	d := Deps{Store: store, Hasher: e.hasher, Auth: auth, Keys: e.keys, Explain: newExplainer(t, store, m, e.clock),
+		Logger: logger, Now: e.clock}
 	for _, o := range opts {
 		o(&d)
 	}
 	e.srv = httptest.NewServer(NewHandler(d))
 	t.Cleanup(e.srv.Close)
 	return e
+}
+
+// testIssuer is the issuer of the exchange service behind POST /explain.
+const testIssuer = "https://mandate.test"
+
+// newExplainer is the real exchange service over store, on the test's clock, with signing
+// keys of its own (Explain signs nothing, but the service is the endpoint's).
+func newExplainer(t testing.TB, store storage.Store, m *secret.Master, clock func() time.Time) *exchange.Service {
+	t.Helper()
+	sealer, err := keys.NewSealer(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	km, err := keys.NewManager(store, sealer, keys.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := km.Ensure(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := exchange.New(exchange.Deps{Store: store, Verifier: &envelope.Verifier{Issuer: testIssuer, Now: clock},
+		Signer: km, Now: clock}, exchange.Config{Issuer: testIssuer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
 }
 
 func (e *env) clock() time.Time {

@@ -43,7 +43,8 @@ func remoteAddrFrom(ctx context.Context) string {
 }
 
 // authenticate checks the bearer token and the scope the method needs: mandate:admin for
-// changes, mandate:admin or mandate:admin:read for GET. It runs before routing and
+// changes, mandate:admin or mandate:admin:read for GET and the POSTs that change nothing
+// (readOnlyPosts). It runs before routing and
 // validation, so callers without a token learn nothing about the request's shape.
 func authenticate(auth Authenticator, p problems, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -62,7 +63,8 @@ func authenticate(auth Authenticator, p problems, next http.Handler) http.Handle
 			p.write(w, r, unauthorized(`Bearer realm="mandate-admin", error="invalid_token"`, "the bearer token is not valid"))
 			return
 		}
-		read := r.Method == http.MethodGet || r.Method == http.MethodHead
+		read := r.Method == http.MethodGet || r.Method == http.MethodHead ||
+			(r.Method == http.MethodPost && slices.Contains(readOnlyPosts, r.URL.Path))
 		allowed := slices.Contains(principal.Scopes, ScopeAdmin) ||
 			(read && slices.Contains(principal.Scopes, ScopeAdminRead))
 		if !allowed {

@@ -15,6 +15,7 @@ type server struct {
 	store   storage.Store
 	hasher  *secret.Hasher
 	keys    KeyAdmin
+	explain Explainer
 	decider GrantRequestDecider
 	log     *slog.Logger
 	now     func() time.Time // UTC, microseconds: what the stores keep

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -31,22 +32,28 @@ func TestDecisionTable(t *testing.T) {
 		status int
 		code   string
 		reason string // the reason on the wire, which the audit record carries too
+		// client is who the request is made as, when not mcp-web: Explain asks as them.
+		client string
+		// notExplained says why Explain cannot ask this row's question: it names a client
+		// instead of authenticating one, takes one audience, one resource and a scope as
+		// JSON, and always asks as subject_token_type eie with the default token type.
+		notExplained string
 	}
 	rows := []row{
 		// authenticate the client
-		{name: "wrong secret", send: func(e *env, f url.Values) *response {
+		{name: "wrong secret", notExplained: "client authentication", send: func(e *env, f url.Values) *response {
 			return e.do("/oauth2/token", f, func(r *http.Request) { r.SetBasicAuth(clientID, "mcs_wrong") })
 		}, status: 401, code: "invalid_client", reason: "client_authentication_failed"},
-		{name: "unknown client", send: func(e *env, f url.Values) *response {
+		{name: "unknown client", client: "nobody", send: func(e *env, f url.Values) *response {
 			return e.do("/oauth2/token", f, func(r *http.Request) { r.SetBasicAuth("nobody", "x") })
 		}, status: 401, code: "invalid_client", reason: "client_authentication_failed"},
-		{name: "no credentials", send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "", f) },
+		{name: "no credentials", notExplained: "client authentication", send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "", f) },
 			status: 401, code: "invalid_client", reason: "client_authentication_failed"},
 		{name: "disabled client", setup: func(e *env) {
 			e.addClient(&storage.Client{ID: "mcp-off", Disabled: true})
-		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-off", f) },
+		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-off", f) }, client: "mcp-off",
 			status: 401, code: "invalid_client", reason: "client_authentication_failed"},
-		{name: "secret method mismatch: basic client uses post", send: func(e *env, f url.Values) *response {
+		{name: "secret method mismatch: basic client uses post", notExplained: "client authentication", send: func(e *env, f url.Values) *response {
 			f.Set("client_id", clientID)
 			f.Set("client_secret", e.secrets[clientID])
 			return e.post("/oauth2/token", "", f)
@@ -54,30 +61,30 @@ func TestDecisionTable(t *testing.T) {
 		// the client may use this grant type
 		{name: "grant type not allowed", setup: func(e *env) {
 			e.addClient(&storage.Client{ID: "svc", GrantTypes: []string{exchange.GrantTypeClientCredentials}})
-		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "svc", f) },
+		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "svc", f) }, client: "svc",
 			status: 400, code: "unauthorized_client", reason: "grant_type_not_allowed"},
-		{name: "unsupported grant type", form: func(e *env, f url.Values) { f.Set("grant_type", "password") },
+		{name: "unsupported grant type", notExplained: "grant_type", form: func(e *env, f url.Values) { f.Set("grant_type", "password") },
 			status: 400, code: "unsupported_grant_type", reason: "unsupported_grant_type"},
 		// parameters well formed
 		{name: "missing subject_token", form: func(e *env, f url.Values) { f.Del("subject_token") },
 			status: 400, code: "invalid_request", reason: "missing_subject_token"},
 		{name: "empty subject_token counts as absent", form: func(e *env, f url.Values) { f.Set("subject_token", "") },
 			status: 400, code: "invalid_request", reason: "missing_subject_token"},
-		{name: "missing subject_token_type", form: func(e *env, f url.Values) { f.Del("subject_token_type") },
+		{name: "missing subject_token_type", notExplained: "subject_token_type", form: func(e *env, f url.Values) { f.Del("subject_token_type") },
 			status: 400, code: "invalid_request", reason: "bad_subject_token_type"},
-		{name: "unknown subject_token_type", form: func(e *env, f url.Values) {
+		{name: "unknown subject_token_type", notExplained: "subject_token_type", form: func(e *env, f url.Values) {
 			f.Set("subject_token_type", "urn:ietf:params:oauth:token-type:access_token")
 		}, status: 400, code: "invalid_request", reason: "bad_subject_token_type"},
 		{name: "no target", form: func(e *env, f url.Values) { f.Del("audience") }, status: 400, code: "invalid_request", reason: "missing_target"},
-		{name: "repeated subject_token", form: func(e *env, f url.Values) { f.Add("subject_token", f.Get("subject_token")) },
+		{name: "repeated subject_token", notExplained: "a repeated parameter", form: func(e *env, f url.Values) { f.Add("subject_token", f.Get("subject_token")) },
 			status: 400, code: "invalid_request", reason: "malformed_request"},
-		{name: "repeated scope", form: func(e *env, f url.Values) { f.Add("scope", "orders:read"); f.Add("scope", "orders:read") },
+		{name: "repeated scope", notExplained: "a repeated parameter", form: func(e *env, f url.Values) { f.Add("scope", "orders:read"); f.Add("scope", "orders:read") },
 			status: 400, code: "invalid_request", reason: "malformed_request"},
-		{name: "actor_token", form: func(e *env, f url.Values) {
+		{name: "actor_token", notExplained: "actor_token", form: func(e *env, f url.Values) {
 			f.Set("actor_token", "x")
 			f.Set("actor_token_type", envelope.JWTTokenType)
 		}, status: 400, code: "invalid_request", reason: "malformed_request"},
-		{name: "requested_token_type saml", form: func(e *env, f url.Values) {
+		{name: "requested_token_type saml", notExplained: "requested_token_type", form: func(e *env, f url.Values) {
 			f.Set("requested_token_type", "urn:ietf:params:oauth:token-type:saml2")
 		}, status: 400, code: "invalid_request", reason: "bad_requested_token_type"},
 		{name: "subject_token over 8 KiB", form: func(e *env, f url.Values) {
@@ -121,7 +128,7 @@ func TestDecisionTable(t *testing.T) {
 			f.Set("audience", billingAPI)
 			f.Set("resource", ordersURI)
 		}, status: 400, code: "invalid_target", reason: "conflicting_targets"},
-		{name: "two audiences", form: func(e *env, f url.Values) { f.Add("audience", billingAPI) },
+		{name: "two audiences", notExplained: "two audience values", form: func(e *env, f url.Values) { f.Add("audience", billingAPI) },
 			status: 400, code: "invalid_target", reason: "conflicting_targets"},
 		{name: "audience not in delegation.allowed", env: func(c *envelope.Claims) { c.Delegation.Allowed = []string{billingAPI} },
 			status: 400, code: "invalid_target", reason: "audience_not_in_envelope"},
@@ -129,7 +136,7 @@ func TestDecisionTable(t *testing.T) {
 			e.addClient(&storage.Client{ID: "mcp-narrow", AllowedAudiences: []string{billingAPI}})
 			e.addGrant(&storage.Grant{Subject: userSub, ClientID: "mcp-narrow"})
 		}, token: func(e *env) string { return e.envelope("mcp-narrow", nil) },
-			send:   func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-narrow", f) },
+			send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-narrow", f) }, client: "mcp-narrow",
 			status: 400, code: "invalid_target", reason: "audience_not_allowed_for_client"},
 		// mode allowed by the audience and the client
 		{name: "restricted_user on an audience that does not list it", env: func(c *envelope.Claims) {
@@ -140,7 +147,7 @@ func TestDecisionTable(t *testing.T) {
 			e.addGrant(&storage.Grant{Subject: userSub, ClientID: "mcp-obo"})
 		}, token: func(e *env) string {
 			return e.envelope("mcp-obo", func(c *envelope.Claims) { c.Delegation.Mode = envelope.ModeServiceIdentity })
-		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-obo", f) },
+		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-obo", f) }, client: "mcp-obo",
 			status: 400, code: "invalid_request", reason: "mode_not_allowed_for_client"},
 		// user actor: an active grant exists …
 		{name: "no grant for this user", env: func(c *envelope.Claims) { c.Actor.Sub = "user_999" },
@@ -186,7 +193,7 @@ func TestDecisionTable(t *testing.T) {
 				c.Actor = envelope.Actor{Type: envelope.ActorService, Sub: userSub, Tenant: tenant}
 				c.Delegation.Mode = envelope.ModeServiceIdentity
 			})
-		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-svc", f) },
+		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-svc", f) }, client: "mcp-svc",
 			status: 400, code: "invalid_request", reason: "service_actor_not_allowed"},
 		{name: "service actor, client allows no tenant", setup: func(e *env) {
 			e.addClient(&storage.Client{ID: "mcp-svc", AllowedAudiences: []string{ordersAPI}, AllowedScopes: []string{"orders:read"},
@@ -196,7 +203,7 @@ func TestDecisionTable(t *testing.T) {
 				c.Actor = envelope.Actor{Type: envelope.ActorService, Sub: "batch", Tenant: "globex"}
 				c.Delegation.Mode = envelope.ModeServiceIdentity
 			})
-		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-svc", f) },
+		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-svc", f) }, client: "mcp-svc",
 			status: 400, code: "invalid_request", reason: "service_actor_not_allowed"},
 		{name: "service actor, client allows no scope", setup: func(e *env) {
 			e.addClient(&storage.Client{ID: "mcp-svc", AllowedAudiences: []string{ordersAPI},
@@ -206,7 +213,7 @@ func TestDecisionTable(t *testing.T) {
 				c.Actor = envelope.Actor{Type: envelope.ActorService, Sub: "batch", Tenant: tenant}
 				c.Delegation.Mode = envelope.ModeServiceIdentity
 			})
-		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-svc", f) },
+		}, send: func(e *env, f url.Values) *response { return e.post("/oauth2/token", "mcp-svc", f) }, client: "mcp-svc",
 			status: 400, code: "invalid_scope", reason: "no_effective_scope"},
 		// scopes
 		{name: "requested scope outside the effective set", form: func(e *env, f url.Values) { f.Set("scope", "orders:read orders:delete") },
@@ -232,6 +239,12 @@ func TestDecisionTable(t *testing.T) {
 			if rw.form != nil {
 				rw.form(e, f)
 			}
+			// Explain is asked the same question first (it writes nothing) and must give the
+			// endpoint's answer, refused at this row's step.
+			var x *exchange.Explanation
+			if rw.notExplained == "" {
+				x = explainRow(t, e, rw.client, f)
+			}
 			var r *response
 			if rw.send != nil {
 				r = rw.send(e, f)
@@ -241,6 +254,9 @@ func TestDecisionTable(t *testing.T) {
 			wantError(t, r, rw.status, rw.code)
 			if got := r.str("reason"); got != rw.reason {
 				t.Errorf("reason %q, want %q", got, rw.reason)
+			}
+			if x != nil {
+				wantExplainedRefusal(t, x, r)
 			}
 			if rw.status == 401 && rw.send != nil && r.header.Get("WWW-Authenticate") == "" &&
 				rw.name != "no credentials" && rw.name != "secret method mismatch: basic client uses post" {
@@ -277,6 +293,101 @@ func TestDecisionTable(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// explainRow asks Explain what the endpoint would decide on the form, sent as client.
+func explainRow(t *testing.T, e *env, client string, f url.Values) *exchange.Explanation {
+	t.Helper()
+	if client == "" {
+		client = clientID
+	}
+	x, err := e.svc.Explain(context.Background(), exchange.ExplainRequest{
+		ClientID: client, SubjectToken: f.Get("subject_token"), Audience: f.Get("audience"),
+		Resource: f.Get("resource"), Scopes: strings.Fields(f.Get("scope")),
+	})
+	if err != nil {
+		t.Fatalf("Explain: %v", err)
+	}
+	return x
+}
+
+// stepOfReason is the decision table's row each reason belongs to.
+var stepOfReason = map[string]string{
+	"client_authentication_failed": exchange.StepClient,
+	"grant_type_not_allowed":       exchange.StepGrantType,
+	"missing_subject_token":        exchange.StepParameters, "missing_target": exchange.StepParameters,
+	"subject_token_too_large": exchange.StepParameters,
+	"envelope_unknown_kid":    exchange.StepSignature, "envelope_bad_format": exchange.StepSignature,
+	"envelope_expired": exchange.StepEnvelope, "envelope_audience_mismatch": exchange.StepEnvelope,
+	"envelope_lifetime_too_long": exchange.StepEnvelope, "envelope_bad_value": exchange.StepEnvelope,
+	"tenant_not_allowed": exchange.StepEnvelope, "act_chain_too_deep": exchange.StepEnvelope,
+	"envelope_alg_not_allowed": exchange.StepSignature, "envelope_wrong_type": exchange.StepSignature,
+	"envelope_bad_signature": exchange.StepSignature, "envelope_not_yet_valid": exchange.StepEnvelope,
+	"envelope_missing_member": exchange.StepEnvelope, "envelope_issuer_mismatch": exchange.StepEnvelope,
+	"envelope_client_mismatch": exchange.StepEnvelope,
+	"unknown_audience":         exchange.StepTarget, "unknown_resource": exchange.StepTarget,
+	"conflicting_targets": exchange.StepTarget, "audience_not_in_envelope": exchange.StepTarget,
+	"audience_not_allowed_for_client": exchange.StepTarget,
+	"mode_not_allowed_for_audience":   exchange.StepMode, "mode_not_allowed_for_client": exchange.StepMode,
+	"no_active_grant": exchange.StepGrant, "grant_does_not_cover_audience_or_mode": exchange.StepGrant,
+	"service_actor_not_allowed": exchange.StepGrant,
+	"envelope_replayed":         exchange.StepIssuance,
+	"scope_not_allowed":         exchange.StepScopes, "no_effective_scope": exchange.StepScopes,
+}
+
+// wantExplainedRefusal holds an explanation to the endpoint's refusal r: the same error and
+// reason, refused at the reason's step, every step before it passed, every one after skipped.
+func wantExplainedRefusal(t *testing.T, x *exchange.Explanation, r *response) {
+	t.Helper()
+	if x.Decision != exchange.DecisionRefused || x.Refusal == nil || x.Refusal.Code != r.str("error") || x.Refusal.Reason != r.str("reason") ||
+		x.Refusal.Description != r.str("error_description") {
+		t.Fatalf("explain: %s %+v; the endpoint answered %s", x.Decision, x.Refusal, r.raw)
+	}
+	if x.Refusal.UserMayConsent != (r.str("grant_request_endpoint") != "") {
+		t.Fatalf("explain: user may consent %v; the endpoint answered %s", x.Refusal.UserMayConsent, r.raw)
+	}
+	want, ok := stepOfReason[x.Refusal.Reason]
+	if !ok {
+		t.Fatalf("no step known for reason %s", x.Refusal.Reason)
+	}
+	outcome := exchange.OutcomePassed
+	for _, s := range x.Steps {
+		switch {
+		case s.Name == want:
+			if s.Outcome != exchange.OutcomeRefused {
+				t.Fatalf("explain: step %s %s, want refused", s.Name, s.Outcome)
+			}
+			outcome = exchange.OutcomeSkipped
+		case s.Outcome != outcome:
+			t.Fatalf("explain: step %s %s, want %s (refused at %s)", s.Name, s.Outcome, outcome, want)
+		}
+	}
+	if outcome != exchange.OutcomeSkipped {
+		t.Fatalf("explain: no step refused")
+	}
+}
+
+// wantExplainedGrant holds an explanation to the endpoint's token answer r: granted, with the
+// scopes, lifetime and claims (but for the jti) the token carries.
+func (e *env) wantExplainedGrant(t *testing.T, x *exchange.Explanation, r *response) {
+	t.Helper()
+	if x.Decision != exchange.DecisionGranted {
+		t.Fatalf("explain: %s %+v; the endpoint answered %s", x.Decision, x.Refusal, r.raw)
+	}
+	issued := e.wantToken(t, r)
+	if got := strings.Join(x.Scopes, " "); got != r.str("scope") {
+		t.Errorf("scope: endpoint %q, explain %q", r.str("scope"), got)
+	}
+	if got, _ := r.body["expires_in"].(float64); int64(got) != int64(x.Lifetime/time.Second) {
+		t.Errorf("expires_in: endpoint %v, explain %s", got, x.Lifetime)
+	}
+	if issued.JTI == "" {
+		t.Fatal("issued token without jti")
+	}
+	issued.JTI = ""
+	if !reflect.DeepEqual(&issued, x.Claims) {
+		t.Errorf("claims:\n endpoint %+v\n explain  %+v", issued, *x.Claims)
 	}
 }
 
@@ -348,4 +459,52 @@ func TestRefusalAfterSignatureRecordsIdentities(t *testing.T) {
 	if len(items) != 0 {
 		t.Errorf("an unsigned envelope's actor reached the audit log: %+v", items)
 	}
+}
+
+// TestExplainAgreesOverHTTP: on granted exchanges through the whole token endpoint, Explain
+// (asked first) names the scopes, lifetime and claims the token then carries; asked again
+// after the grant, it says the envelope is used up for that audience, as the endpoint does.
+func TestExplainAgreesOverHTTP(t *testing.T) {
+	eachBackend(t, func(t *testing.T, store storage.Store) {
+		e := newEnv(t, store)
+		e.addAudience(&storage.Audience{ID: "short_api", Scopes: []string{"short:read"}, TokenTTL: 45 * time.Second,
+			AllowedModes: []string{envelope.ModeRestrictedUser}})
+		e.addGrant(&storage.Grant{Subject: "user_ru", Audiences: []string{"short_api"}, Scopes: []string{"short:read"},
+			Modes: []string{envelope.ModeRestrictedUser}, ExpiresAt: e.clock.Now().Add(30 * time.Minute)})
+		cases := []struct {
+			name string
+			env  func(c *envelope.Claims)
+			form func(f url.Values)
+		}{
+			{name: "audience, all scopes"},
+			{name: "resource, one scope requested", form: func(f url.Values) {
+				f.Del("audience")
+				f.Set("resource", ordersURI)
+				f.Set("scope", "orders:write")
+			}},
+			{name: "restricted_user on an audience with a short TTL", env: func(c *envelope.Claims) {
+				c.Actor.Sub, c.Delegation.Mode = "user_ru", envelope.ModeRestrictedUser
+				c.Authorization.Scopes = []string{"short:read"}
+			}, form: func(f url.Values) { f.Set("audience", "short_api") }},
+			{name: "service_identity with an act chain", env: func(c *envelope.Claims) {
+				c.Delegation.Mode = envelope.ModeServiceIdentity
+				c.Act = &envelope.Act{Sub: "planner", ClientID: "upstream"}
+			}, form: func(f url.Values) { f.Set("audience", billingAPI) }},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				f := exchangeForm(e.envelope(clientID, tc.env), ordersAPI)
+				if tc.form != nil {
+					tc.form(f)
+				}
+				x := explainRow(t, e, "", f)
+				e.wantExplainedGrant(t, x, e.post("/oauth2/token", clientID, f))
+				// Used up for this audience: both say so.
+				x = explainRow(t, e, "", f)
+				r := e.post("/oauth2/token", clientID, f)
+				wantError(t, r, 400, "invalid_request")
+				wantExplainedRefusal(t, x, r)
+			})
+		}
+	})
 }

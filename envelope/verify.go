@@ -183,6 +183,28 @@ func (v *Verifier) Verify(ctx context.Context, raw string, c Client) (*Claims, e
 	return claims, nil
 }
 
+// CheckUnsignedClaims applies to payload, an envelope's claims as JSON that nobody signed,
+// every check Verify makes after the signature: the same decoding, then iss, agent.client_id,
+// aud, times, lifetime and members, with the same reasons. It exists for tools that ask what
+// Mandate would decide about an envelope before one is signed (Mandate's explain); it proves
+// nothing about who wrote the claims, so never accept an envelope on its strength.
+//
+// A refusal after decoding carries the claims in Error.Claims, as Verify's does.
+func (v *Verifier) CheckUnsignedClaims(payload []byte, c Client) (*Claims, error) {
+	claims := new(Claims)
+	if err := decodeClaims(bytes.TrimSpace(payload), claims); err != nil {
+		return nil, refusef(ReasonBadFormat, err, "the envelope claims are not a JSON object with members of the expected types")
+	}
+	if err := v.checkClaims(claims, c); err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			e.Claims = claims
+		}
+		return nil, err
+	}
+	return claims, nil
+}
+
 // base64URLChars reports whether s holds only the base64url alphabet and
 // dots. Go's decoder skips CR and LF even in strict mode, which would let
 // one envelope be presented in many spellings.

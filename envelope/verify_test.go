@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -295,10 +296,12 @@ func TestVerify(t *testing.T) {
 			if tc.client != nil {
 				tc.client(&client)
 			}
-			claims, err := v.Verify(context.Background(), tc.token(t), client)
+			token := tc.token(t)
+			claims, err := v.Verify(context.Background(), token, client)
 			if got := ReasonOf(err); got != tc.want {
 				t.Fatalf("reason = %q, want %q (err: %v)", got, tc.want, err)
 			}
+			checkUnsignedAgrees(t, v, token, client, claims, err)
 			if tc.want != "" {
 				var e *Error
 				if !errors.As(err, &e) || e.Description == "" || claims != nil {
@@ -322,6 +325,32 @@ func TestVerify(t *testing.T) {
 		if !seen[r] {
 			t.Errorf("no case covers reason %s", r)
 		}
+	}
+}
+
+// checkUnsignedAgrees: where Verify got past the signature (it accepted the envelope, or
+// refused its claims), CheckUnsignedClaims on the same payload, unsigned, says the same.
+func checkUnsignedAgrees(t *testing.T, v *Verifier, token string, c Client, claims *Claims, err error) {
+	t.Helper()
+	var e *Error
+	if err != nil && (!errors.As(err, &e) || e.Claims == nil) {
+		return // refused at or before the signature: a what-if has no signature to check
+	}
+	parts := strings.Split(token, ".")
+	payload, derr := base64.RawURLEncoding.DecodeString(parts[1])
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	got, uerr := v.CheckUnsignedClaims(payload, Client{ID: c.ID, MaxLifetime: c.MaxLifetime})
+	if ReasonOf(uerr) != ReasonOf(err) {
+		t.Fatalf("CheckUnsignedClaims: reason %q, Verify %q", ReasonOf(uerr), ReasonOf(err))
+	}
+	if err == nil && !reflect.DeepEqual(got, claims) {
+		t.Fatalf("CheckUnsignedClaims: claims %+v, Verify %+v", got, claims)
+	}
+	var ue *Error
+	if uerr != nil && (!errors.As(uerr, &ue) || !reflect.DeepEqual(ue.Claims, e.Claims)) {
+		t.Fatalf("CheckUnsignedClaims refused without the claims Verify kept")
 	}
 }
 

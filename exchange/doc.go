@@ -4,9 +4,11 @@
 // signed RFC 9068 access token whose issuance, replay mark and audit record are committed
 // together. It also issues client_credentials tokens.
 //
-// The decision follows SPEC §4 step by step, in that order, and every refusal is an *Error
-// carrying its RFC 6749 error code, a stable reason code (for the audit log) and a plain
-// description (for the client).
+// The decision is SPEC §4's table as code: decisionTable, a list of named steps in the
+// table's order, every refusal an *Error carrying its RFC 6749 error code, a stable reason
+// code (for the audit log and the client) and a plain description. Exchange runs the steps
+// and stops at the first refusal; Explain runs the same steps and reports each one, without
+// signing or writing anything, so the two cannot disagree.
 //
 // This package knows no HTTP and no OAuth framework: it must not import net/http, fosite or
 // package authz; authz maps HTTP onto it. It talks to storage only through storage.Store.

@@ -9,6 +9,7 @@ const (
 	CodeInvalidTarget          = "invalid_target"
 	CodeInvalidScope           = "invalid_scope"
 	CodeUnauthorizedClient     = "unauthorized_client"
+	CodeInvalidClient          = "invalid_client" // Explain only: the endpoint's client authentication is authz's
 	CodeServerError            = "server_error"
 	CodeTemporarilyUnavailable = "temporarily_unavailable"
 )
@@ -16,6 +17,7 @@ const (
 // Reason codes recorded in audit records (SPEC §8) and usable as metric labels. Envelope
 // refusals use the envelope package's own reason codes, prefixed "envelope_".
 const (
+	ReasonClientAuthFailed       = "client_authentication_failed" // authz's reason for invalid_client
 	ReasonGrantTypeNotAllowed    = "grant_type_not_allowed"
 	ReasonMissingSubjectToken    = "missing_subject_token"
 	ReasonBadSubjectTokenType    = "bad_subject_token_type"

@@ -30,9 +30,27 @@ func intersect(a, b, narrow []string) []string {
 	return out
 }
 
+// covers reports whether grant g covers the audience and the mode (SPEC §4: "one of them
+// covers this audience and mode").
+func covers(g *storage.Grant, audience, mode string) bool {
+	return slices.Contains(g.Audiences, audience) && modeListed(g.Modes, mode)
+}
+
+// grantScopes is the effective set under grant g: envelope ∩ grant ∩ audience ∩ client (an
+// empty client list does not narrow, for user actors).
+func grantScopes(g *storage.Grant, aud *storage.Audience, envScopes, clientScopes []string) []string {
+	return intersect(envScopes, intersect(g.Scopes, aud.Scopes, nil), clientScopes)
+}
+
+// serviceScopes is the effective set of a service actor: envelope ∩ audience ∩ client, where
+// the client's allowed_scopes are the whole permission (empty allows none).
+func serviceScopes(env *envelope.Claims, aud *storage.Audience, c *storage.Client) []string {
+	return intersect(intersect(env.Authorization.Scopes, aud.Scopes, nil), c.AllowedScopes, nil)
+}
+
 // pickScopes applies the request to the effective set: requested scopes must all be in it
 // and are issued exactly; without a request the whole effective set is issued.
-func pickScopes(effective []string, req Request) ([]string, error) {
+func pickScopes(effective []string, req *Request) ([]string, error) {
 	if !req.ScopeGiven || len(req.Scopes) == 0 {
 		if len(effective) == 0 {
 			return nil, deny(CodeInvalidScope, ReasonNoScope,
@@ -55,21 +73,19 @@ func pickScopes(effective []string, req Request) ([]string, error) {
 // chooseGrant picks, among the active grants, one that covers the audience and mode and
 // yields the scopes. Several grants can apply (a "*" grant and a per-user one, say); the
 // choice is deterministic: with scopes requested, the first that allows them all; without,
-// the one allowing the most scopes, then the one expiring last.
+// the one allowing the most scopes, then the one expiring last. When none yields scopes, the
+// refusal is the first covering grant's.
 func chooseGrant(grants []storage.Grant, aud *storage.Audience, mode string,
-	envScopes, clientScopes []string, req Request) (*storage.Grant, []string, error) {
+	envScopes, clientScopes []string, req *Request) (*storage.Grant, []string, error) {
 	var best *storage.Grant
 	var bestScopes []string
 	var scopeErr error
-	covered := false
 	for i := range grants {
 		g := &grants[i]
-		if !slices.Contains(g.Audiences, aud.ID) || !modeListed(g.Modes, mode) {
+		if !covers(g, aud.ID, mode) {
 			continue
 		}
-		covered = true
-		eff := intersect(envScopes, intersect(g.Scopes, aud.Scopes, nil), clientScopes)
-		scopes, err := pickScopes(eff, req)
+		scopes, err := pickScopes(grantScopes(g, aud, envScopes, clientScopes), req)
 		if err != nil {
 			if scopeErr == nil {
 				scopeErr = err
@@ -87,7 +103,7 @@ func chooseGrant(grants []storage.Grant, aud *storage.Audience, mode string,
 	switch {
 	case best != nil:
 		return best, bestScopes, nil
-	case !covered:
+	case scopeErr == nil: // no grant covers: the grant step refuses before this
 		return nil, nil, deny(CodeInvalidTarget, ReasonGrantNotCovering,
 			"no active delegation grant covers this audience and delegation mode")
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -67,6 +66,7 @@ type Service struct {
 	verifier *envelope.Verifier
 	keySets  *KeySets
 	catalog  *Catalog
+	uncached *Catalog // Explain reads the store itself: see Explain
 	signer   Signer
 	now      func() time.Time
 	log      *slog.Logger
@@ -107,6 +107,7 @@ func New(d Deps, cfg Config) (*Service, error) {
 	if s.catalog == nil {
 		s.catalog = NewCatalog(d.Store, cfg.CacheTTL, s.now)
 	}
+	s.uncached = NewCatalog(d.Store, -1, s.now)
 	return s, nil
 }
 
@@ -154,212 +155,23 @@ type Result struct {
 // Exchange decides req under SPEC §4 and, when granted, issues the token. A refusal is an
 // *Error; every refusal and every grant is audited.
 func (s *Service) Exchange(ctx context.Context, req Request) (*Result, error) {
-	now := s.now()
-	c := req.Client
-	rec := &storage.AuditRecord{
-		Event: EventTokenExchange, ClientID: c.ID, RemoteAddr: req.RemoteAddr,
+	e := &evaluation{svc: s, catalog: s.catalog, verifier: s.verifier, now: s.now(), req: req}
+	e.rec = storage.AuditRecord{
+		Event: EventTokenExchange, ClientID: req.Client.ID, RemoteAddr: req.RemoteAddr,
 		RequestedScopes: req.Scopes,
 	}
 	if len(req.Audiences) > 0 {
-		rec.Audience = clip(req.Audiences[0])
+		e.rec.Audience = clip(req.Audiences[0])
 	} else if len(req.Resources) > 0 {
-		rec.Audience = clip(req.Resources[0])
+		e.rec.Audience = clip(req.Resources[0])
 	}
-	res, err := s.exchange(ctx, now, req, rec)
-	if err != nil {
-		s.audit(ctx, now, rec, err)
-		return nil, err
-	}
-	return res, nil
-}
-
-func (s *Service) exchange(ctx context.Context, now time.Time, req Request, rec *storage.AuditRecord) (*Result, error) {
-	c := req.Client
-	// 1. The client may use this grant type (authz checks it too, before parsing parameters;
-	// this keeps the rule true for any other caller).
-	if !slices.Contains(c.GrantTypes, GrantTypeTokenExchange) {
-		return nil, deny(CodeUnauthorizedClient, ReasonGrantTypeNotAllowed,
-			"the client is not allowed to use the token exchange grant")
-	}
-
-	// 2. Parameters well formed.
-	switch {
-	case req.SubjectToken == "":
-		return nil, deny(CodeInvalidRequest, ReasonMissingSubjectToken, "subject_token is required")
-	case req.SubjectTokenType == "":
-		return nil, deny(CodeInvalidRequest, ReasonBadSubjectTokenType, "subject_token_type is required")
-	case req.SubjectTokenType != envelope.TokenType && req.SubjectTokenType != envelope.JWTTokenType:
-		return nil, deny(CodeInvalidRequest, ReasonBadSubjectTokenType,
-			"subject_token_type must be "+envelope.TokenType+" or "+envelope.JWTTokenType)
-	case len(req.SubjectToken) > envelope.MaxTokenBytes:
-		return nil, deny(CodeInvalidRequest, ReasonSubjectTokenTooLarge, "subject_token is larger than 8 KiB")
-	case len(req.Audiences) == 0 && len(req.Resources) == 0:
-		return nil, deny(CodeInvalidRequest, ReasonMissingTarget, "audience or resource is required")
-	}
-	issuedType := TokenTypeAccessToken
-	switch req.RequestedTokenType {
-	case "", TokenTypeAccessToken:
-	case TokenTypeJWT:
-		issuedType = TokenTypeJWT
-	default:
-		return nil, deny(CodeInvalidRequest, ReasonBadRequestedTokenType,
-			"requested_token_type must be "+TokenTypeAccessToken+" or "+TokenTypeJWT)
-	}
-
-	// 3. The envelope (SPEC §3). The verifier checks signature, issuer, audience, times,
-	// lifetime and members; tenants and the act chain are policy, checked here.
-	env, err := s.verifyEnvelope(ctx, req, rec)
-	if err != nil {
-		return nil, err
-	}
-	if len(c.AllowedTenants) > 0 && !slices.Contains(c.AllowedTenants, env.Actor.Tenant) {
-		return nil, deny(CodeInvalidRequest, ReasonTenantNotAllowed,
-			"the envelope's tenant is not allowed for this client")
-	}
-	mode := env.Delegation.Mode
-	if mode == envelope.ModeOnBehalfOf && env.Act.Depth()+1 > s.cfg.MaxActDepth {
-		return nil, deny(CodeInvalidRequest, ReasonActChainTooDeep,
-			fmt.Sprintf("the actor chain would be deeper than %d", s.cfg.MaxActDepth))
-	}
-	service := env.Actor.Type == envelope.ActorService
-
-	// 4. The target.
-	aud, err := s.resolveTarget(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	rec.Audience = aud.ID
-	if len(env.Delegation.Allowed) > 0 && !slices.Contains(env.Delegation.Allowed, aud.ID) {
-		return nil, deny(CodeInvalidTarget, ReasonAudienceNotInEnvelope,
-			"the audience is not in the envelope's delegation.allowed")
-	}
-	// For service actors the client's lists are the whole permission: empty allows nothing.
-	if (service || len(c.AllowedAudiences) > 0) && !slices.Contains(c.AllowedAudiences, aud.ID) {
-		return nil, deny(CodeInvalidTarget, ReasonAudienceNotForClient,
-			"the audience is not allowed for this client")
-	}
-
-	// 5. The mode, by the audience and the client (the grant's part comes with the grant).
-	if !modeListed(aud.AllowedModes, mode) {
-		return nil, deny(CodeInvalidRequest, ReasonModeNotForAudience,
-			"the delegation mode is not allowed by the audience")
-	}
-	if len(c.AllowedModes) > 0 && !slices.Contains(c.AllowedModes, mode) {
-		return nil, deny(CodeInvalidRequest, ReasonModeNotForClient,
-			"the delegation mode is not allowed for this client")
-	}
-
-	// 6. The grant (user actors) or the client's own limits (service actors), then scopes.
-	var grant *storage.Grant
-	var grantQuery storage.GrantQuery
-	var scopes []string
-	if service {
-		if mode != envelope.ModeServiceIdentity {
-			return nil, deny(CodeInvalidRequest, ReasonServiceActorMode,
-				"a service actor must use the service_identity delegation mode")
-		}
-		// A service actor needs no grant, so it must be an explicit permission of the client:
-		// narrowing lists (allowed_audiences, allowed_scopes) alone must never let a client
-		// name any actor it likes in any tenant (SPEC §4, §7).
-		if !slices.Contains(c.ServiceActors, env.Actor.Sub) || !slices.Contains(c.AllowedTenants, env.Actor.Tenant) {
-			return nil, deny(CodeInvalidRequest, ReasonServiceActorNotAllowed,
-				"the client may not present this service actor in this tenant")
-		}
-		// The client's allowed_scopes are the whole permission here: empty allows none.
-		eff := intersect(intersect(env.Authorization.Scopes, aud.Scopes, nil), c.AllowedScopes, nil)
-		if scopes, err = pickScopes(eff, req); err != nil {
+	for i := range decisionTable {
+		if err := decisionTable[i].check(e, ctx); err != nil {
+			s.audit(ctx, e.now, &e.rec, err)
 			return nil, err
 		}
-	} else {
-		grantQuery = storage.GrantQuery{
-			Tenant: env.Actor.Tenant, Subject: env.Actor.Sub, ClientID: c.ID, AgentID: env.Agent.ID, Now: now,
-		}
-		grants, err := s.catalog.Grants(ctx, grantQuery)
-		if err != nil {
-			return nil, unavailable(err)
-		}
-		if len(grants) == 0 {
-			e := deny(CodeInvalidRequest, ReasonNoActiveGrant,
-				"no active delegation grant lets this client act for this user")
-			e.UserMayConsent = aud.AllowsUserConsent()
-			return nil, e
-		}
-		if grant, scopes, err = chooseGrant(grants, aud, mode, env.Authorization.Scopes, c.AllowedScopes, req); err != nil {
-			if e := AsError(err); e != nil && e.Reason == ReasonGrantNotCovering {
-				e.UserMayConsent = aud.AllowsUserConsent()
-			}
-			return nil, err
-		}
-		rec.GrantID = grant.ID
 	}
-	rec.GrantedScopes = scopes
-
-	// 7. Lifetime.
-	ttl := s.cfg.DefaultTokenTTL
-	if aud.TokenTTL > 0 {
-		ttl = aud.TokenTTL
-	}
-	if c.MaxTokenTTL > 0 {
-		ttl = min(ttl, c.MaxTokenTTL)
-	}
-	if mode == envelope.ModeRestrictedUser {
-		ttl = min(ttl, RestrictedUserMaxTTL)
-	}
-	iat := now.Truncate(time.Second)
-	if grant != nil {
-		ttl = min(ttl, grant.ExpiresAt.Sub(iat))
-	}
-	ttl = ttl.Truncate(time.Second)
-	if ttl < time.Second {
-		return nil, deny(CodeInvalidTarget, ReasonGrantExpiring,
-			"the delegation grant expires too soon to issue a token")
-	}
-
-	// 8. The token, then everything it needs committed at once; the replay mark is the last
-	// check (SPEC §4) and is made atomically with the issuance.
-	claims := TokenClaims{
-		Issuer: s.cfg.Issuer, Audience: aud.ID, IssuedAt: iat.Unix(), ExpiresAt: iat.Add(ttl).Unix(),
-		JTI: storage.NewID("at"), ClientID: c.ID, Scope: strings.Join(scopes, " "),
-		Tenant: env.Actor.Tenant, DelegationMode: mode, ActorType: env.Actor.Type, ActorSub: env.Actor.Sub,
-		AgentID: env.Agent.ID,
-		TraceID: env.Session.TraceID, SessionID: env.Session.ID,
-	}
-	if grant != nil {
-		claims.GrantID = grant.ID
-	}
-	switch mode {
-	case envelope.ModeOnBehalfOf:
-		claims.Subject = env.Actor.Sub
-		claims.Act = &envelope.Act{Sub: env.Agent.ID, ClientID: c.ID, Act: env.Act}
-	case envelope.ModeServiceIdentity:
-		claims.Subject = c.ID
-	case envelope.ModeRestrictedUser:
-		claims.Subject = env.Actor.Sub
-	}
-	token, err := s.sign(&claims)
-	if err != nil {
-		return nil, err
-	}
-	rec.TokenJTI = claims.JTI
-	rec.Outcome, rec.Reason = storage.OutcomeGranted, ReasonGranted
-	rec.ID, rec.Time = storage.NewID("evt"), now
-	iss := storage.Issuance{
-		Audit:          *rec,
-		TokenExpiresAt: iat.Add(ttl),
-		ReplayKey:      replayKey(c.ID, env.JTI, aud.ID),
-	}
-	if err := s.store.RecordIssuance(ctx, iss); err != nil {
-		rec.TokenJTI, rec.GrantedScopes = "", nil // nothing was issued
-		rec.ID = ""
-		if errors.Is(err, storage.ErrConflict) {
-			if grant != nil {
-				s.catalog.ForgetGrants(grantQuery) // the cached list may hold the revoked grant
-			}
-			return nil, s.conflict(ctx, grant)
-		}
-		return nil, unavailable(err)
-	}
-	return &Result{AccessToken: token, IssuedTokenType: issuedType, ExpiresIn: int64(ttl / time.Second), Scope: claims.Scope}, nil
+	return e.result, nil
 }
 
 // conflict tells the two reasons RecordIssuance refuses apart. The extra read happens only on
@@ -378,36 +190,7 @@ func (s *Service) conflict(ctx context.Context, grant *storage.Grant) error {
 			return deny(CodeInvalidRequest, ReasonGrantRevoked, "the delegation grant was revoked")
 		}
 	}
-	return deny(CodeInvalidRequest, ReasonReplay, "envelope already used for this audience")
-}
-
-// verifyEnvelope verifies the subject token and records in rec the identities it names, also
-// when a check after its signature refused it (SPEC §8): those claims are the client's own.
-func (s *Service) verifyEnvelope(ctx context.Context, req Request, rec *storage.AuditRecord) (*envelope.Claims, error) {
-	ks, err := s.keySets.For(req.Client)
-	if err != nil {
-		return nil, fail(CodeInvalidRequest, ReasonClientKeysInvalid,
-			"the client has no usable keys registered to verify the envelope", err)
-	}
-	env, err := s.verifier.Verify(ctx, req.SubjectToken, envelope.Client{
-		ID: req.Client.ID, Keys: ks, MaxLifetime: req.Client.MaxEnvelopeLifetime,
-	})
-	if err != nil {
-		var ee *envelope.Error
-		if !errors.As(err, &ee) {
-			return nil, fail(CodeServerError, ReasonInternalError, "the envelope could not be verified", err)
-		}
-		if ee.Claims != nil {
-			recordEnvelope(rec, ee.Claims)
-		}
-		if ee.Reason == envelope.ReasonKeysUnavailable {
-			return nil, fail(CodeTemporarilyUnavailable, ReasonKeysUnavailable,
-				"the client's keys could not be fetched; retry later", err)
-		}
-		return nil, fail(CodeInvalidRequest, "envelope_"+ee.Reason, "invalid subject_token: "+ee.Description, err)
-	}
-	recordEnvelope(rec, env)
-	return env, nil
+	return errReplayed()
 }
 
 // recordEnvelope copies the envelope's identities into the exchange's audit record.
@@ -415,41 +198,6 @@ func recordEnvelope(rec *storage.AuditRecord, env *envelope.Claims) {
 	rec.AgentID, rec.ActorType, rec.ActorSub, rec.Tenant = clip(env.Agent.ID), clip(env.Actor.Type), clip(env.Actor.Sub), clip(env.Actor.Tenant)
 	rec.DelegationMode, rec.TraceID, rec.SessionID = clip(env.Delegation.Mode), clip(env.Session.TraceID), clip(env.Session.ID)
 	rec.EnvelopeJTI = clip(env.JTI)
-}
-
-// resolveTarget maps every audience and resource value to one registered audience.
-func (s *Service) resolveTarget(ctx context.Context, req Request) (*storage.Audience, error) {
-	var found *storage.Audience
-	add := func(a *storage.Audience) error {
-		if found != nil && found.ID != a.ID {
-			return deny(CodeInvalidTarget, ReasonConflictingTargets, "audience and resource name different audiences")
-		}
-		found = a
-		return nil
-	}
-	for _, id := range req.Audiences {
-		a, err := s.catalog.Audience(ctx, id)
-		if errors.Is(err, storage.ErrNotFound) {
-			return nil, deny(CodeInvalidTarget, ReasonUnknownAudience, "the audience is not registered")
-		} else if err != nil {
-			return nil, unavailable(err)
-		}
-		if err := add(a); err != nil {
-			return nil, err
-		}
-	}
-	for _, uri := range req.Resources {
-		a, err := s.catalog.AudienceByResource(ctx, uri)
-		if errors.Is(err, storage.ErrNotFound) {
-			return nil, deny(CodeInvalidTarget, ReasonUnknownResource, "the resource is not registered on any audience")
-		} else if err != nil {
-			return nil, unavailable(err)
-		}
-		if err := add(a); err != nil {
-			return nil, err
-		}
-	}
-	return found, nil
 }
 
 // claimBufs holds buffers for the claims of the token being signed (about 600 bytes): the

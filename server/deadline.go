@@ -97,6 +97,11 @@ func (d deadlineStore) RecordIssuance(ctx context.Context, iss storage.Issuance)
 	return call0(d, ctx, func(ctx context.Context) error { return d.s.RecordIssuance(ctx, iss) })
 }
 
+// ReplayKeyUsed is explain's read of what RecordIssuance would refuse.
+func (d deadlineStore) ReplayKeyUsed(ctx context.Context, key string) (bool, error) {
+	return call1(d, ctx, func(ctx context.Context) (bool, error) { return d.s.ReplayKeyUsed(ctx, key) })
+}
+
 func (d deadlineStore) Ping(ctx context.Context) error { return call0(d, ctx, d.s.Ping) }
 func (d deadlineStore) Close() error                   { return d.s.Close() }
 

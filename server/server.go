@@ -191,6 +191,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		Hasher:        hasher,
 		Auth:          adminAuth{s.oauth},
 		Keys:          s.keys,
+		Explain:       svc,
 		GrantRequests: svc,
 		Logger:        o.Logger,
 		// Admin changes are rare: dropping the whole cache after each is simplest and exact.

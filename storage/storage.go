@@ -57,6 +57,9 @@ type Store interface {
 	// a stuck database yields a fast 503, never a hung request. A call that gives up may
 	// still commit; it must never report success without having committed.
 	RecordIssuance(ctx context.Context, iss Issuance) error
+	// ReplayKeyUsed reports whether an issuance has used key (an Issuance.ReplayKey): what
+	// RecordIssuance would refuse for that key, asked without writing (explain answers it).
+	ReplayKeyUsed(ctx context.Context, key string) (bool, error)
 
 	// Ping reports whether the backend answers.
 	Ping(ctx context.Context) error

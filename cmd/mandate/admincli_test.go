@@ -19,6 +19,9 @@ import (
 	"time"
 
 	"github.com/mandatehq/mandate/api"
+	"github.com/mandatehq/mandate/envelope"
+	"github.com/mandatehq/mandate/exchange"
+	"github.com/mandatehq/mandate/keys"
 	"github.com/mandatehq/mandate/secret"
 	"github.com/mandatehq/mandate/storage"
 	"github.com/mandatehq/mandate/storage/sqlite"
@@ -77,10 +80,6 @@ func newAdminFixture(t *testing.T) *adminFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.api = httptest.NewServer(api.NewHandler(api.Deps{
-		Store: store, Hasher: h, Auth: f, Keys: f, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}))
-	t.Cleanup(f.api.Close)
 	f.issuer = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		id, sec, ok := r.BasicAuth()
@@ -106,6 +105,28 @@ func newAdminFixture(t *testing.T) *adminFixture {
 		_ = json.NewEncoder(w).Encode(map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": 300})
 	}))
 	t.Cleanup(f.issuer.Close)
+	// The exchange service behind POST /explain, with the fake issuer's URL as Mandate's
+	// issuer: envelopes the CLI makes name MANDATE_ISSUER as their aud.
+	sealer, err := keys.NewSealer(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	km, err := keys.NewManager(store, sealer, keys.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := km.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := exchange.New(exchange.Deps{Store: store, Verifier: &envelope.Verifier{Issuer: f.issuer.URL}, Signer: km},
+		exchange.Config{Issuer: f.issuer.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.api = httptest.NewServer(api.NewHandler(api.Deps{
+		Store: store, Hasher: h, Auth: f, Keys: f, Explain: svc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}))
+	t.Cleanup(f.api.Close)
 	return f
 }
 

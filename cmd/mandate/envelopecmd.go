@@ -89,64 +89,95 @@ func envelopeKeygen(args []string, getenv func(string) string, stdout io.Writer)
 	return err
 }
 
-// envelopeMint signs one envelope with the key keygen wrote and prints it.
-func envelopeMint(args []string, getenv func(string) string, stdout io.Writer) error {
-	var keyFile, issuer, client, sub, tenant, actorType, agent, session, trace, scopes, mode, allowed string
-	var ttl time.Duration
-	fe := newFlagSet("envelope mint", stdout)
-	fe.describe("Signs an Execution Identity Envelope with a key from mandate envelope keygen and prints it.")
-	fe.string(&keyFile, "key", "", "mcp-key.json", "the private JWK from `mandate envelope keygen`")
-	fe.string(&issuer, "issuer", "MANDATE_ISSUER", "http://localhost:8080", "Mandate's issuer URL (the envelope's aud)")
-	fe.string(&client, "client-id", "", "", "the MCP server's client_id (iss and agent.client_id)")
-	fe.string(&sub, "sub", "", "", "actor.sub: the user (or service) acted for")
-	fe.string(&tenant, "tenant", "", "", "actor.tenant")
-	fe.string(&actorType, "actor-type", "", envelope.ActorUser, "actor.type: user or service")
-	fe.string(&agent, "agent", "", "", "agent.id: the acting AI agent")
-	fe.string(&session, "session", "", "", "session.id (default: generated)")
-	fe.string(&trace, "trace", "", "", "session.trace_id (default: generated)")
-	fe.string(&scopes, "scopes", "", "", "authorization.scopes, space-separated")
-	fe.string(&mode, "mode", "", envelope.ModeOnBehalfOf, "delegation.mode: on_behalf_of, service_identity or restricted_user")
-	fe.string(&allowed, "allowed", "", "", "delegation.allowed audiences, space-separated (empty: any the grant covers)")
-	fe.duration(&ttl, "ttl", "", 60*time.Second, "envelope lifetime")
-	if err := fe.parse(args, getenv); err != nil {
-		return err
-	}
-	for name, v := range map[string]string{"client-id": client, "sub": sub, "tenant": tenant, "agent": agent} {
-		if v == "" {
-			return usagef("envelope mint: --%s is required", name)
+// envelopeFlags are the identity and delegation an envelope carries: the flags `envelope
+// mint` and `explain` share, so asking "would alice's agent get orders:write?" uses the very
+// flags that mint alice's envelope.
+type envelopeFlags struct {
+	issuer, client, sub, tenant, actorType, agent, session, trace, scopes, mode, allowed string
+	ttl                                                                                  time.Duration
+}
+
+func (ef *envelopeFlags) bind(fe *flagEnv) {
+	fe.string(&ef.issuer, "issuer", "MANDATE_ISSUER", "http://localhost:8080", "Mandate's issuer URL (the envelope's aud)")
+	fe.string(&ef.client, "client", "", "", "the MCP server's client_id (iss and agent.client_id)")
+	fe.string(&ef.client, "client-id", "", "", "same as --client")
+	fe.string(&ef.sub, "sub", "", "", "actor.sub: the user (or service) acted for")
+	fe.string(&ef.tenant, "tenant", "", "", "actor.tenant")
+	fe.string(&ef.actorType, "actor-type", "", envelope.ActorUser, "actor.type: user or service")
+	fe.string(&ef.agent, "agent", "", "", "agent.id: the acting AI agent")
+	fe.string(&ef.session, "session", "", "", "session.id (default: generated)")
+	fe.string(&ef.trace, "trace", "", "", "session.trace_id (default: generated)")
+	fe.string(&ef.scopes, "scopes", "", "", "authorization.scopes, space-separated")
+	fe.string(&ef.mode, "mode", "", envelope.ModeOnBehalfOf, "delegation.mode: on_behalf_of, service_identity or restricted_user")
+	fe.string(&ef.allowed, "allowed", "", "", "delegation.allowed audiences, space-separated (empty: any the grant covers)")
+	fe.duration(&ef.ttl, "ttl", "", 60*time.Second, "envelope lifetime")
+}
+
+// check says which required flag is missing.
+func (ef *envelopeFlags) check(cmd string) error {
+	for _, f := range []struct{ name, v string }{{"client", ef.client}, {"sub", ef.sub}, {"tenant", ef.tenant}, {"agent", ef.agent}} {
+		if f.v == "" {
+			return usagef("%s: --%s is required", cmd, f.name)
 		}
 	}
-	b, err := os.ReadFile(keyFile)
-	if err != nil {
-		return usagef("envelope mint: --key: %v", err)
-	}
-	key, err := jwk.ParseKey(b)
-	if err != nil {
-		return usagef("envelope mint: --key %s is not a JWK: %v", keyFile, err)
-	}
-	kid, _ := key.KeyID()
-	signer, err := envelope.NewSigner(key, kid)
-	if err != nil {
-		return err
-	}
+	return nil
+}
+
+// claims is the envelope the flags describe, made at iat.
+func (ef *envelopeFlags) claims(iat time.Time) envelope.Claims {
+	session, trace := ef.session, ef.trace
 	if session == "" {
 		session = "sess_" + randomHex(8)
 	}
 	if trace == "" {
 		trace = randomHex(16)
 	}
-	now := time.Now()
-	tok, err := signer.Sign(envelope.Claims{
-		Issuer:        client,
-		Audience:      envelope.Audience{issuer},
-		IssuedAt:      now,
-		ExpiresAt:     now.Add(ttl),
-		Actor:         envelope.Actor{Type: actorType, Sub: sub, Tenant: tenant},
-		Agent:         envelope.Agent{ID: agent, ClientID: client},
+	return envelope.Claims{
+		Issuer:        ef.client,
+		Audience:      envelope.Audience{ef.issuer},
+		IssuedAt:      iat,
+		ExpiresAt:     iat.Add(ef.ttl),
+		Actor:         envelope.Actor{Type: ef.actorType, Sub: ef.sub, Tenant: ef.tenant},
+		Agent:         envelope.Agent{ID: ef.agent, ClientID: ef.client},
 		Session:       envelope.Session{ID: session, TraceID: trace},
-		Authorization: envelope.Authorization{Scopes: strings.Fields(scopes), Confidence: envelope.ConfidenceVerified},
-		Delegation:    envelope.Delegation{Mode: mode, Allowed: strings.Fields(allowed)},
-	})
+		Authorization: envelope.Authorization{Scopes: strings.Fields(ef.scopes), Confidence: envelope.ConfidenceVerified},
+		Delegation:    envelope.Delegation{Mode: ef.mode, Allowed: strings.Fields(ef.allowed)},
+	}
+}
+
+// signerFrom reads the private JWK `mandate envelope keygen` wrote.
+func signerFrom(cmd, keyFile string) (*envelope.Signer, error) {
+	b, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, usagef("%s: --key: %v", cmd, err)
+	}
+	key, err := jwk.ParseKey(b)
+	if err != nil {
+		return nil, usagef("%s: --key %s is not a JWK: %v", cmd, keyFile, err)
+	}
+	kid, _ := key.KeyID()
+	return envelope.NewSigner(key, kid)
+}
+
+// envelopeMint signs one envelope with the key keygen wrote and prints it.
+func envelopeMint(args []string, getenv func(string) string, stdout io.Writer) error {
+	var keyFile string
+	var ef envelopeFlags
+	fe := newFlagSet("envelope mint", stdout)
+	fe.describe("Signs an Execution Identity Envelope with a key from mandate envelope keygen and prints it.")
+	fe.string(&keyFile, "key", "", "mcp-key.json", "the private JWK from `mandate envelope keygen`")
+	ef.bind(fe)
+	if err := fe.parse(args, getenv); err != nil {
+		return err
+	}
+	if err := ef.check("envelope mint"); err != nil {
+		return err
+	}
+	signer, err := signerFrom("envelope mint", keyFile)
+	if err != nil {
+		return err
+	}
+	tok, err := signer.Sign(ef.claims(time.Now()))
 	if err != nil {
 		return usageError{err.Error()}
 	}

@@ -25,6 +25,7 @@ var commands = []command{
 	{"grants", "manage delegation grants over the admin API"},
 	{"keys", "list and rotate Mandate's signing keys over the admin API"},
 	{"audit", "read the audit log over the admin API"},
+	{"explain", "would an exchange be granted, and why? (asks the admin API; changes nothing)"},
 	{"envelope", "keygen | mint: act as an MCP server from a shell (development)"},
 	{"bench", "provision, load and measure a running Mandate's token exchange"},
 	{"flood", "send requests that fail client authentication, to measure what they cost"},

@@ -44,6 +44,8 @@ func TestHelp(t *testing.T) {
 		"envelope mint":   {"--key", "--client-id", "--sub", "--tenant", "--agent", "[MANDATE_ISSUER]"},
 		"bench":           {"--concurrency", "--duration", "[MANDATE_ADMIN_URL]", "MANDATE_ADMIN_CLIENT_SECRET"},
 		"healthcheck":     {"--url"},
+		"explain": {"--client", "--sub", "--tenant", "--agent", "--scopes", "--audience", "--resource", "--scope", "--at",
+			"--key", "--json", "[MANDATE_ADMIN_URL]", "[MANDATE_ISSUER]", "MANDATE_ADMIN_CLIENT_SECRET", "MANDATE_ADMIN_TOKEN"},
 	}
 	for resource, verbs := range adminCommands {
 		group := helpOf(t, resource, "--help")

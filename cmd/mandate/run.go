@@ -69,6 +69,8 @@ func dispatch(ctx context.Context, cmd string, args []string, getenv func(string
 	case "help":
 		printUsage(stdout)
 		return nil
+	case "explain":
+		return runExplain(ctx, args, getenv, stdout, stderr)
 	case "clients", "audiences", "grants", "keys", "audit":
 		return runAdmin(ctx, append([]string{cmd}, args...), getenv, stdout, stderr)
 	default:

@@ -29,6 +29,14 @@ func (s *Store) GetTokenState(ctx context.Context, jti string) (*storage.TokenSt
 	return &t, nil
 }
 
+// ReplayKeyUsed implements storage.Store, on the index RecordIssuance's uniqueness rule uses.
+func (s *Store) ReplayKeyUsed(ctx context.Context, key string) (bool, error) {
+	var used bool
+	err := s.db.QueryRow(ctx,
+		`SELECT EXISTS (SELECT 1 FROM audit_log WHERE replay_key = $1 AND replay_key <> '')`, key).Scan(&used)
+	return used, mapErr(err)
+}
+
 // RevokeToken implements storage.TokenStore in one statement: the revocation copies the
 // token's expiry, after which DeleteExpiredTokens may forget it. The first revocation time is
 // kept (the upsert's no-op update still counts the row, telling it from an unknown jti).

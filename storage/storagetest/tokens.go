@@ -95,6 +95,16 @@ func wantNoIssuance(t *testing.T, s storage.Store, iss storage.Issuance, what st
 	}
 }
 
+// wantKeyUsed checks ReplayKeyUsed's answer for key.
+func wantKeyUsed(t *testing.T, s storage.Store, key string, want bool, what string) {
+	t.Helper()
+	used, err := s.ReplayKeyUsed(t.Context(), key)
+	mustDo(t, err, "ReplayKeyUsed "+what)
+	if used != want {
+		t.Errorf("ReplayKeyUsed %s = %v, want %v", what, used, want)
+	}
+}
+
 // withGrant creates client cli_1 and an active grant for it.
 func withGrant(t *testing.T, s storage.Store, id string, now time.Time) {
 	t.Helper()
@@ -109,7 +119,10 @@ func testRecordIssuance(t *testing.T, s storage.Store) {
 	const key = "eie|cli_1|env_1|orders_api"
 
 	iss := makeIssuance("jti_1", key, "grt_1", now)
+	wantKeyUsed(t, s, key, false, "before RecordIssuance")
 	mustDo(t, s.RecordIssuance(ctx, iss), "RecordIssuance")
+	wantKeyUsed(t, s, key, true, "after RecordIssuance")
+	wantKeyUsed(t, s, "eie|cli_1|env_1|billing_api", false, "another audience's key")
 	st, err := s.GetTokenState(ctx, "jti_1")
 	mustDo(t, err, "GetTokenState")
 	checkEqual(t, "token state after RecordIssuance", st, stateOf(t, s, iss))
@@ -135,6 +148,7 @@ func testRecordIssuance(t *testing.T, s storage.Store) {
 	dupJTI.Audit.ID, dupJTI.Audit.TraceID = "evt_dup", "trace_dup"
 	wantErr(t, s.RecordIssuance(ctx, dupJTI), storage.ErrConflict, "RecordIssuance with a taken jti")
 	wantNoIssuance(t, s, storage.Issuance{Audit: storage.AuditRecord{TraceID: "trace_dup"}}, "RecordIssuance with a taken jti")
+	wantKeyUsed(t, s, dupJTI.ReplayKey, false, "the key of an issuance that failed on its jti")
 	free := makeIssuance("jti_4", dupJTI.ReplayKey, "grt_1", now)
 	mustDo(t, s.RecordIssuance(ctx, free), "RecordIssuance with the key of an issuance that failed on its jti (must be free)")
 
@@ -153,6 +167,7 @@ func testRecordIssuance(t *testing.T, s storage.Store) {
 		mustDo(t, err, "GetTokenState "+jti)
 		checkEqual(t, "token state without a grant", st, stateOf(t, s, cc))
 	}
+	wantKeyUsed(t, s, "", false, "the empty key, after issuances without one")
 
 	// Other records may name the token (a revocation's does); they are not issuances.
 	other := storage.AuditRecord{ID: "evt_rev", Time: now.Add(time.Second), Event: "revoke",
