@@ -24,6 +24,8 @@ const (
 	endpointToken      = "token"
 	endpointIntrospect = "introspect"
 	endpointRevoke     = "revoke"
+	// The grant request endpoints (SPEC §11), creating and polling alike.
+	endpointGrantRequests = "grant_requests"
 )
 
 // Samples of claimed client ids are clipped to this many bytes: enough to recognise one.

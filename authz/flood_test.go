@@ -173,3 +173,35 @@ func TestAddressThatKeepsFailingIsThrottled(t *testing.T) {
 		t.Errorf("after Retry-After: %d, want 200", r.status)
 	}
 }
+
+// The grant request endpoints authenticate clients too: their failures count toward the
+// same throttle and aggregate, and a throttled address is refused there as well.
+func TestGrantRequestEndpointsShareTheThrottle(t *testing.T) {
+	e := newEnv(t, openSQLite(t))
+	bad := fromAddress("127.0.0.7")
+	form := url.Values{"tenant": {tenant}, "subject": {userSub}, "audiences": {ordersAPI}}
+	throttled := false
+	for range 40 {
+		r := e.postFrom(bad, authz.PathGrantRequests, "nobody", "x", form)
+		if r.status == http.StatusTooManyRequests {
+			throttled = r.str("reason") == authz.ReasonRateLimited && r.header.Get("Retry-After") != ""
+			break
+		}
+		if r.status != 401 {
+			t.Fatalf("grant request with bad credentials: %d %v", r.status, r.body)
+		}
+	}
+	if !throttled {
+		t.Fatal("40 failed authentications at the grant request endpoint, never throttled")
+	}
+	if r := e.postFrom(bad, "/oauth2/token", "nobody", "x", url.Values{"grant_type": {"client_credentials"}}); r.status != 429 {
+		t.Errorf("the token endpoint from the same address: %d, want 429", r.status)
+	}
+	if err := e.handler.RecordAuthFailures(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	items, _, err := e.store.ListAudit(context.Background(), storage.AuditFilter{Event: authz.EventClientAuthFailed})
+	if err != nil || len(items) != 1 || !strings.Contains(string(items[0].Detail), `"grant_requests":`) {
+		t.Errorf("aggregated record %+v, %v; want one counting the grant request endpoint", items, err)
+	}
+}
