@@ -397,11 +397,15 @@ type AuditRecord struct {
 	ClientID       *string `json:"client_id,omitempty"`
 	DelegationMode *string `json:"delegation_mode,omitempty"`
 
-	// Detail For admin events, what changed and which ids.
+	// Detail For admin events, what changed and which ids; for `client_authentication_failed`, the aggregate.
 	Detail      *map[string]interface{} `json:"detail,omitempty"`
 	EnvelopeJti *string                 `json:"envelope_jti,omitempty"`
 
-	// Event `token_exchange`, `client_credentials`, `revoke`, `introspect` or `admin.*`.
+	// Event `token_exchange`, `client_credentials`, `revoke`, `admin.*`, or
+	// `client_authentication_failed`: one record per remote address and minute
+	// aggregating the requests refused before their client was authenticated (no
+	// `client_id`; `detail` holds `count`, `throttled`, `window_start`, `window_end`,
+	// counts by `reason` and `endpoint`, and up to 5 `sample_client_ids`).
 	Event         string    `json:"event"`
 	GrantID       *string   `json:"grant_id,omitempty"`
 	GrantedScopes *[]string `json:"granted_scopes,omitempty"`
@@ -3884,6 +3888,22 @@ func (response UpdateClient404ApplicationProblemPlusJSONResponse) VisitUpdateCli
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateClient409ApplicationProblemPlusJSONResponse struct {
+	ConflictApplicationProblemPlusJSONResponse
+}
+
+func (response UpdateClient409ApplicationProblemPlusJSONResponse) VisitUpdateClientResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
 	_, err := buf.WriteTo(w)
 	return err
 }

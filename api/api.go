@@ -78,6 +78,9 @@ type Deps struct {
 	// OnChange, when set, is called after every committed change, so caches of clients and
 	// audiences on this replica (package exchange's Catalog) drop what changed at once.
 	OnChange func()
+	// AllowLoopbackJWKSURI accepts http:// jwks_uri values on loopback hosts (development;
+	// the server's --allow-loopback-jwks-uri, which also lets the key fetcher connect there).
+	AllowLoopbackJWKSURI bool
 }
 
 // NewHandler returns the admin API, serving paths under BasePath. It panics on a missing
@@ -107,6 +110,8 @@ func NewHandler(d Deps) http.Handler {
 		decider: d.GrantRequests,
 		log:     d.Logger,
 		now:     func() time.Time { return d.Now().UTC().Truncate(time.Microsecond) },
+
+		allowLoopbackJWKS: d.AllowLoopbackJWKSURI,
 	}
 	p := problems{log: d.Logger}
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -75,7 +76,7 @@ func (s *server) CreateClient(ctx context.Context, req CreateClientRequestObject
 		c.GrantTypes = grantTypesIn(*b.GrantTypes)
 	}
 	var v validation
-	setKeys(&v, c, b.Jwks, b.JwksURI)
+	setKeys(&v, c, b.Jwks, b.JwksURI, s.allowLoopbackJWKS)
 	checkClient(&v, c)
 	if err := v.err(); err != nil {
 		return nil, err
@@ -106,11 +107,22 @@ func (s *server) UpdateClient(ctx context.Context, req UpdateClientRequestObject
 		}
 		return present
 	}
+	// Only these members can take admin access away; the admin list is locked first, before
+	// the client's own row, so every admin-changing transaction locks in the same order.
+	mayDemote := (b.Disabled != nil && *b.Disabled) || b.AllowedScopes != nil || b.GrantTypes != nil
 	var updated *storage.Client
 	err := s.store.InTx(ctx, func(tx storage.Store) error {
 		changed = changed[:0]
+		var admins []string
+		if mayDemote {
+			var err error
+			if admins, err = lockAdmins(ctx, tx); err != nil {
+				return err
+			}
+		}
 		var err error
 		updated, err = tx.UpdateClient(ctx, req.ClientID, func(c *storage.Client) error {
+			wasDisabled := c.Disabled
 			var v validation
 			if mark("name", b.Name != nil) {
 				c.Name = *b.Name
@@ -127,7 +139,7 @@ func (s *server) UpdateClient(ctx context.Context, req UpdateClientRequestObject
 				mark("jwks", b.Jwks != nil)
 				mark("jwks_uri", b.JwksURI != nil)
 				c.JWKS, c.JWKSURI = nil, ""
-				setKeys(&v, c, b.Jwks, b.JwksURI)
+				setKeys(&v, c, b.Jwks, b.JwksURI, s.allowLoopbackJWKS)
 			}
 			if mark("grant_types", b.GrantTypes != nil) {
 				c.GrantTypes = grantTypesIn(*b.GrantTypes)
@@ -160,7 +172,14 @@ func (s *server) UpdateClient(ctx context.Context, req UpdateClientRequestObject
 			if err := v.err(); err != nil {
 				return err
 			}
+			if isLastAdmin(admins, c.ID) && !isAdmin(c) {
+				return errLastAdmin
+			}
 			c.UpdatedAt = s.now()
+			if c.Disabled && !wasDisabled {
+				// Tokens issued until now stay inactive, also if the client is enabled again.
+				c.DisabledAt = c.UpdatedAt
+			}
 			return nil
 		})
 		if err != nil {
@@ -175,12 +194,29 @@ func (s *server) UpdateClient(ctx context.Context, req UpdateClientRequestObject
 	return UpdateClient200JSONResponse(s.clientOut(updated)), nil
 }
 
+// RevokeReasonClientDeleted is the revoke_reason of the grants a client deletion revoked.
+const RevokeReasonClientDeleted = "client_deleted"
+
 func (s *server) DeleteClient(ctx context.Context, req DeleteClientRequestObject) (DeleteClientResponseObject, error) {
 	err := s.store.InTx(ctx, func(tx storage.Store) error {
+		admins, err := lockAdmins(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if isLastAdmin(admins, req.ClientID) {
+			return errLastAdmin
+		}
 		if err := tx.DeleteClient(ctx, req.ClientID); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, EventClientDelete, storage.AuditRecord{}, map[string]any{"client_id": req.ClientID})
+		// After the delete, so a grant created for the client meanwhile is revoked too. The
+		// grants stay, revoked, so the audit trail keeps what they name (SPEC §7).
+		n, err := tx.RevokeGrantsOfClient(ctx, req.ClientID, principalFrom(ctx).ClientID, RevokeReasonClientDeleted, s.now())
+		if err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, EventClientDelete, storage.AuditRecord{},
+			map[string]any{"client_id": req.ClientID, "grants_revoked": n})
 	})
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
@@ -232,9 +268,26 @@ func (s *server) RotateClientSecret(ctx context.Context, req RotateClientSecretR
 	return out, nil
 }
 
+// lockAdmins lists the enabled admin clients and, in tx, locks them: the check "is this the
+// last one?" and the change it guards commit as one (SPEC §7).
+func lockAdmins(ctx context.Context, tx storage.Store) ([]string, error) {
+	return tx.LockEnabledClientsWith(ctx, ScopeAdmin, GrantTypeClientCredentials)
+}
+
+// isAdmin reports whether c can get an admin token with write access: enabled, holding
+// mandate:admin and the client_credentials grant.
+func isAdmin(c *storage.Client) bool {
+	return !c.Disabled && slices.Contains(c.AllowedScopes, ScopeAdmin) && slices.Contains(c.GrantTypes, GrantTypeClientCredentials)
+}
+
+// isLastAdmin reports whether id is the only one of admins.
+func isLastAdmin(admins []string, id string) bool {
+	return len(admins) == 1 && admins[0] == id
+}
+
 // setKeys validates and stores the client's envelope/assertion keys: an inline JWK Set of
 // public keys, or an https jwks_uri, never both.
-func setKeys(v *validation, c *storage.Client, set *JWKSet, uri *string) {
+func setKeys(v *validation, c *storage.Client, set *JWKSet, uri *string, allowLoopback bool) {
 	if set != nil && uri != nil {
 		v.add("jwks_uri", "give jwks or jwks_uri, not both")
 		return
@@ -243,7 +296,7 @@ func setKeys(v *validation, c *storage.Client, set *JWKSet, uri *string) {
 		c.JWKS = checkJWKS(v, set)
 	}
 	if uri != nil {
-		if msg := checkJWKSURI(*uri); msg != "" {
+		if msg := checkJWKSURI(*uri, allowLoopback); msg != "" {
 			v.add("jwks_uri", "%s", msg)
 		}
 		c.JWKSURI = *uri
@@ -294,8 +347,10 @@ func checkJWKS(v *validation, set *JWKSet) []byte {
 }
 
 // checkJWKSURI says what is wrong with a jwks_uri, "" when nothing is. Plain http is allowed
-// for loopback hosts only, for development.
-func checkJWKSURI(s string) string {
+// for loopback hosts only, and only when the server allows loopback key sets (development).
+// Whatever the URL names, the key fetcher refuses to connect to non-public addresses
+// (package envelope), after DNS resolution.
+func checkJWKSURI(s string, allowLoopback bool) string {
 	u, err := url.Parse(s)
 	if err != nil || !u.IsAbs() || u.Host == "" {
 		return "must be an absolute https URL"
@@ -310,11 +365,11 @@ func checkJWKSURI(s string) string {
 	case "https":
 		return ""
 	case "http":
-		if isLoopback(u.Hostname()) {
+		if allowLoopback && isLoopback(u.Hostname()) {
 			return ""
 		}
 	}
-	return "must be an https URL (http only for loopback hosts)"
+	return "must be an https URL"
 }
 
 func isLoopback(host string) bool {

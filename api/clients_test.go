@@ -175,8 +175,11 @@ func TestClientValidation(t *testing.T) {
 		wantProblem(t, e.call(req{method: "POST", path: "/admin/v1/clients", token: tokAdmin, body: map[string]any{
 			"client_id": "!", "max_token_ttl": -1,
 		}}), 400, "client_id", "max_token_ttl")
-		// Loopback http is allowed for development.
-		e.must(201, req{method: "POST", path: "/admin/v1/clients", token: tokAdmin, body: map[string]any{"jwks_uri": "http://127.0.0.1:9000/jwks"}})
+		// Loopback http only when the server allows loopback key sets (development).
+		loopback := map[string]any{"jwks_uri": "http://127.0.0.1:9000/jwks"}
+		wantProblem(t, e.call(req{method: "POST", path: "/admin/v1/clients", token: tokAdmin, body: loopback}), 400, "jwks_uri")
+		dev := newEnv(t, e.store, func(d *Deps) { d.AllowLoopbackJWKSURI = true })
+		dev.must(201, req{method: "POST", path: "/admin/v1/clients", token: tokAdmin, body: loopback})
 
 		items, _, err := e.store.ListClients(context.Background(), storage.Page{})
 		if err != nil || len(items) != 1 {

@@ -119,7 +119,10 @@ func (s *server) CreateGrant(ctx context.Context, req CreateGrantRequestObject) 
 		if err := v.err(); err != nil {
 			return err
 		}
-		if err := tx.CreateGrant(ctx, g); err != nil {
+		if err := tx.CreateGrant(ctx, g); errors.Is(err, storage.ErrNotFound) {
+			// The client was deleted since the check above.
+			return invalidField("client_id", "no such client")
+		} else if err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, EventGrantCreate, grantAudit(g), map[string]any{

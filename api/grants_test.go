@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/url"
 	"testing"
 	"time"
@@ -216,9 +217,33 @@ func TestGrants(t *testing.T) {
 			t.Errorf("grant audit: %+v / %+v", creates, revokes)
 		}
 
-		// Deleting the client takes its grants along.
+		// Deleting the client revokes its grants, which stay for the audit trail (SPEC §7); a
+		// grant revoked before keeps its own revocation.
+		e.advance(time.Minute)
 		e.must(204, req{method: "DELETE", path: "/admin/v1/clients/webapp", token: tokAdmin})
-		wantProblem(t, e.call(req{method: "GET", path: "/admin/v1/grants/" + g.ID, token: tokAdmin}), 404)
+		kept := decode[Grant](t, e.must(200, req{method: "GET", path: "/admin/v1/grants/" + g.ID, token: tokAdmin}))
+		if kept.Status != GrantStatusRevoked || deref(kept.RevokeReason) != "user left" {
+			t.Errorf("a grant revoked before its client was deleted: %+v", kept)
+		}
+		w := decode[Grant](t, e.must(200, req{method: "GET", path: "/admin/v1/grants/" + wild.ID, token: tokAdmin}))
+		if w.Status != GrantStatusRevoked || deref(w.RevokeReason) != RevokeReasonClientDeleted ||
+			deref(w.RevokedBy) != "admin-cli" || w.RevokedAt == nil || !w.RevokedAt.Equal(e.clock().Truncate(time.Microsecond)) {
+			t.Errorf("the active grant of a deleted client: %+v, want revoked by admin-cli for %s", w, RevokeReasonClientDeleted)
+		}
+		deletes := e.auditEvents(EventClientDelete)
+		var detail struct {
+			GrantsRevoked int `json:"grants_revoked"`
+		}
+		if len(deletes) == 1 {
+			_ = json.Unmarshal(deletes[0].Detail, &detail)
+		}
+		if len(deletes) != 1 || detail.GrantsRevoked != 1 {
+			t.Errorf("client delete audit: %+v", deletes)
+		}
+		// A grant for the deleted client is refused.
+		wantProblem(t, e.call(req{method: "POST", path: "/admin/v1/grants", token: tokAdmin, body: map[string]any{
+			"tenant": "acme", "subject": "u", "client_id": "webapp", "audiences": []string{"orders"}, "scopes": []string{"orders:read"},
+			"expires_at": e.clock().Add(time.Hour).Format(time.RFC3339)}}), 400, "client_id")
 	})
 }
 

@@ -135,12 +135,12 @@ type env struct {
 	now time.Time
 }
 
-func newEnv(t testing.TB, store storage.Store) *env {
+func newEnv(t testing.TB, store storage.Store, opts ...func(*Deps)) *env {
 	t.Helper()
-	return newEnvAuth(t, store, testAuth)
+	return newEnvAuth(t, store, testAuth, opts...)
 }
 
-func newEnvAuth(t testing.TB, store storage.Store, auth Authenticator) *env {
+func newEnvAuth(t testing.TB, store storage.Store, auth Authenticator, opts ...func(*Deps)) *env {
 	t.Helper()
 	m, err := secret.NewMaster(strings.Repeat("s", 32))
 	if err != nil {
@@ -153,10 +153,12 @@ func newEnvAuth(t testing.TB, store storage.Store, auth Authenticator) *env {
 		t.Fatalf("spec: %v", err)
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	e.srv = httptest.NewServer(NewHandler(Deps{
-		Store: store, Hasher: e.hasher, Auth: auth, Keys: e.keys, Explain: newExplainer(t, store, m, e.clock),
-		Logger: logger, Now: e.clock,
-	}))
+	d := Deps{Store: store, Hasher: e.hasher, Auth: auth, Keys: e.keys, Explain: newExplainer(t, store, m, e.clock),
+		Logger: logger, Now: e.clock}
+	for _, o := range opts {
+		o(&d)
+	}
+	e.srv = httptest.NewServer(NewHandler(d))
 	t.Cleanup(e.srv.Close)
 	return e
 }

@@ -46,6 +46,10 @@ var (
 	errMediaType = &apiError{status: 415, typ: problemMediaType, title: "Unsupported media type", detail: "the body must be application/json"}
 	// errNoSecret: a secret was asked of a client that authenticates with keys.
 	errNoSecret = &apiError{status: 409, typ: problemConflict, title: "Conflict", detail: "the client uses private_key_jwt and has no secret"}
+	// errLastAdmin: the change would leave the store without an enabled admin client.
+	errLastAdmin = &apiError{status: 409, typ: problemConflict, title: "Conflict",
+		detail: "this is the last enabled client holding " + ScopeAdmin + " with the client_credentials grant: " +
+			"deleting or disabling it, or taking that scope or grant type away, would lock every admin out; give another client admin access first"}
 	// errAudienceInUse: an audience that active grants name cannot be deleted.
 	errAudienceInUse = &apiError{status: 409, typ: problemConflict, title: "Conflict", detail: "active grants name this audience: revoke them first"}
 )

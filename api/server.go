@@ -19,6 +19,8 @@ type server struct {
 	decider GrantRequestDecider
 	log     *slog.Logger
 	now     func() time.Time // UTC, microseconds: what the stores keep
+
+	allowLoopbackJWKS bool // http:// jwks_uri on loopback hosts (development)
 }
 
 var _ StrictServerInterface = (*server)(nil)

@@ -61,6 +61,14 @@ type authenticator struct {
 }
 
 func (a *authenticator) authenticate(ctx context.Context, r *http.Request, form url.Values) (fosite.Client, error) {
+	c, err := a.authenticateClient(ctx, r, form)
+	if err == nil {
+		noteAuthenticated(ctx, c.GetID())
+	}
+	return c, err
+}
+
+func (a *authenticator) authenticateClient(ctx context.Context, r *http.Request, form url.Values) (fosite.Client, error) {
 	id, pw, basic := r.BasicAuth()
 	if basic {
 		// RFC 6749 §2.3.1: both are form-encoded inside Basic. fosite decodes them again; a
@@ -68,7 +76,8 @@ func (a *authenticator) authenticate(ctx context.Context, r *http.Request, form 
 		for _, v := range [...]string{id, pw} {
 			dec, err := url.QueryUnescape(v)
 			if err != nil {
-				return nil, invalidClient("the Basic credentials are not form-encoded", err)
+				// Not err: it quotes the bad escape, a piece of the secret.
+				return nil, invalidClient("the Basic credentials are not form-encoded", nil)
 			}
 			if !isText(dec) {
 				return nil, invalidClient("the Basic credentials are not UTF-8 text without NUL characters", nil)
@@ -92,6 +101,7 @@ func (a *authenticator) authenticate(ctx context.Context, r *http.Request, form 
 
 type assertionHeader struct {
 	Alg  string          `json:"alg"`
+	Typ  string          `json:"typ"`
 	Kid  string          `json:"kid"`
 	Crit json.RawMessage `json:"crit"`
 	B64  json.RawMessage `json:"b64"`
@@ -131,6 +141,11 @@ func (a *authenticator) privateKeyJWT(ctx context.Context, form url.Values) (fos
 	}
 	if hdr.Crit != nil || hdr.B64 != nil {
 		return nil, bad("unsupported header parameters", nil)
+	}
+	if isEnvelopeType(hdr.Typ) {
+		// Envelopes are signed with the same keys and name the issuer in aud too: one must
+		// never stand in for the other (SPEC §10).
+		return nil, bad("typ is "+envelope.Type+": an envelope is not a client assertion", nil)
 	}
 	if !contains(assertionAlgs, hdr.Alg) {
 		return nil, bad("signature algorithm not allowed", nil)
@@ -229,6 +244,13 @@ func (a *authenticator) privateKeyJWT(ctx context.Context, form url.Values) (fos
 		return nil, fmt.Errorf("%w: %w", errUnavailable, err)
 	}
 	return fc, nil
+}
+
+// isEnvelopeType reports whether a JWS typ names the EIE, case-insensitively and with or
+// without the "application/" prefix (RFC 7515 §4.1.9).
+func isEnvelopeType(typ string) bool {
+	t := strings.ToLower(typ)
+	return strings.TrimPrefix(t, "application/") == envelope.Type
 }
 
 func decodeSegment(seg string, dst any) error {

@@ -3,9 +3,13 @@ package authz
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ory/fosite"
 
@@ -18,7 +22,8 @@ type oauthError struct {
 	reason      string // the stable reason code (SPEC §4); derived from code when empty
 	description string
 	status      int
-	cause       error // for logs only
+	retryAfter  time.Duration // sent as Retry-After when set
+	cause       error         // for logs only
 }
 
 func (e *oauthError) Error() string { return e.code + ": " + e.description }
@@ -28,8 +33,19 @@ func invalidRequest(description string) error {
 	return &oauthError{code: "invalid_request", description: description, status: http.StatusBadRequest}
 }
 
-func invalidClient(description string, cause error) error {
-	return &oauthError{code: "invalid_client", description: description, status: http.StatusUnauthorized, cause: cause}
+// descClientAuthFailed is the description of every invalid_client answer (SPEC §10): telling
+// an unknown client from a wrong secret, an unknown kid or a bad signature would let anyone
+// probe which clients and keys are registered.
+const descClientAuthFailed = "client authentication failed"
+
+// invalidClient is a failed client authentication. detail says why, for the log only; cause,
+// when not nil, must not quote the credentials (a decoder's error often does).
+func invalidClient(detail string, cause error) error {
+	why := errors.New(detail)
+	if cause != nil {
+		why = fmt.Errorf("%s: %w", detail, cause)
+	}
+	return &oauthError{code: "invalid_client", description: descClientAuthFailed, status: http.StatusUnauthorized, cause: why}
 }
 
 // errUnavailable marks a storage fault anywhere below (including inside fosite, which wraps
@@ -64,6 +80,7 @@ const (
 	ReasonUnsupportedGrantType = "unsupported_grant_type"
 	ReasonNotTokenOwner        = "token_not_issued_to_client"
 	ReasonInternalError        = exchange.ReasonInternalError
+	ReasonRateLimited          = "rate_limited"
 )
 
 // defaultReason is the reason of an oauthError raised without one: each error code of this
@@ -109,6 +126,10 @@ func writeErrorFor(w http.ResponseWriter, r *http.Request, log *slog.Logger, err
 	if status == http.StatusUnauthorized && usedBasic(r) {
 		h.Set("WWW-Authenticate", `Basic realm="mandate", charset="UTF-8"`)
 	}
+	var oe *oauthError
+	if errors.As(err, &oe) && oe.retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(oe.retryAfter.Seconds()))))
+	}
 	if status == http.StatusServiceUnavailable && h.Get("Retry-After") == "" {
 		h.Set("Retry-After", RetryAfterSeconds)
 	}
@@ -147,7 +168,7 @@ func toWire(err error) (int, wireError) {
 		// name internals and are dropped.
 		switch fe.ErrorField {
 		case "invalid_client", "jti_known":
-			return http.StatusUnauthorized, wireError{Error: "invalid_client", Description: "client authentication failed", Reason: ReasonClientAuthFailed}
+			return http.StatusUnauthorized, wireError{Error: "invalid_client", Description: descClientAuthFailed, Reason: ReasonClientAuthFailed}
 		case "server_error", "misconfiguration", "error":
 			return http.StatusInternalServerError, wireError{Error: "server_error", Description: "internal error", Reason: ReasonInternalError}
 		}

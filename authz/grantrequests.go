@@ -63,18 +63,29 @@ type grantRequestJSON struct {
 // then exchange decides what the client may ask for.
 func (s *Server) handleCreateGrantRequest() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		att, ok := s.admit(w, r, endpointGrantRequests)
+		if !ok {
+			return
+		}
+		defer att.Done()
+		// Until the client is authenticated a refusal is nobody's: counted and throttled
+		// per address like the token endpoint's (SPEC §8).
+		anonymous := func(form url.Values, err error) {
+			s.refuseUnauthenticated(&att, r, endpointGrantRequests, form, err)
+			writeError(w, r, s.log, err)
+		}
 		form, in, err := readGrantRequest(w, r)
 		if err != nil {
-			writeError(w, r, s.log, err)
+			anonymous(form, err)
 			return
 		}
 		if err := singletons(form, "client_id", "client_secret", "client_assertion", "client_assertion_type"); err != nil {
-			writeError(w, r, s.log, err)
+			anonymous(form, err)
 			return
 		}
 		fc, err := s.oauth.AuthenticateClient(r.Context(), r, form)
 		if err != nil {
-			writeError(w, r, s.log, err)
+			anonymous(form, err)
 			return
 		}
 		in.Client = fc.(*client).c
@@ -164,21 +175,30 @@ func readGrantRequest(w http.ResponseWriter, r *http.Request) (url.Values, *exch
 // client_secret_post and private_key_jwt, which need a body).
 func (s *Server) handleGetGrantRequest() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		att, ok := s.admit(w, r, endpointGrantRequests)
+		if !ok {
+			return
+		}
+		defer att.Done()
 		form := url.Values{}
+		anonymous := func(err error) {
+			s.refuseUnauthenticated(&att, r, endpointGrantRequests, form, err)
+			writeError(w, r, s.log, err)
+		}
 		if r.Method == http.MethodPost {
 			var err error
 			if form, err = parseForm(w, r); err != nil {
-				writeError(w, r, s.log, err)
+				anonymous(err)
 				return
 			}
 		}
 		if err := singletons(form, "client_id", "client_secret", "client_assertion", "client_assertion_type"); err != nil {
-			writeError(w, r, s.log, err)
+			anonymous(err)
 			return
 		}
 		fc, err := s.oauth.AuthenticateClient(r.Context(), r, form)
 		if err != nil {
-			writeError(w, r, s.log, err)
+			anonymous(err)
 			return
 		}
 		gr, err := s.exchange.ClientGrantRequest(r.Context(), fc.(*client).c, r.PathValue("id"))

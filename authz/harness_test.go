@@ -1,6 +1,7 @@
 package authz_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -8,12 +9,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -101,6 +104,25 @@ type env struct {
 	privs   map[string]*ecdsa.PrivateKey
 	jwks    map[string][]byte
 	grantID string
+	logs    *syncBuffer // the server's log, JSON lines at debug level
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's concurrent log writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func newEnv(t testing.TB, store storage.Store) *env { return newEnvIssuer(t, store, "") }
@@ -111,7 +133,8 @@ func newEnvIssuer(t testing.TB, store storage.Store, issuer string) *env {
 	t.Helper()
 	ctx := context.Background()
 	e := &env{t: t, store: store, clock: &clock{}, secrets: map[string]string{},
-		signers: map[string]*envelope.Signer{}, privs: map[string]*ecdsa.PrivateKey{}, jwks: map[string][]byte{}}
+		signers: map[string]*envelope.Signer{}, privs: map[string]*ecdsa.PrivateKey{}, jwks: map[string][]byte{},
+		logs: &syncBuffer{}}
 	master, err := secret.NewMaster(strings.Repeat("s", 40))
 	if err != nil {
 		t.Fatal(err)
@@ -145,6 +168,7 @@ func newEnvIssuer(t testing.TB, store storage.Store, issuer string) *env {
 	}
 	e.handler = authz.NewHandler(authz.Deps{
 		Issuer: e.issuer, Exchange: e.svc, Store: store, Keys: e.keys, Hasher: e.hasher, Now: e.clock.Now,
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	e.srv.Config.Handler = e.handler
 	e.srv.Start()

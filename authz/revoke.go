@@ -27,8 +27,8 @@ func (s *Server) handleRevoke() http.Handler {
 			// Audited with what identifies the token, but none of its owner's user context:
 			// the refused client is not the one acting for that user.
 			err := unauthorizedClient("the token was not issued to this client")
-			s.auditDenial(r, EventRevoke, nil, err, &storage.AuditRecord{
-				Reason: ReasonNotTokenOwner, ClientID: clientID, Audience: st.record.Audience,
+			s.auditDenial(r, EventRevoke, clientID, err, &storage.AuditRecord{
+				Reason: ReasonNotTokenOwner, Audience: st.record.Audience,
 				TokenJTI: st.record.JTI, GrantID: st.record.GrantID,
 			})
 			writeError(w, r, s.log, err)

@@ -12,6 +12,7 @@ import (
 	"github.com/mandatehq/mandate/keys"
 	"github.com/mandatehq/mandate/secret"
 	"github.com/mandatehq/mandate/storage"
+	"github.com/mandatehq/mandate/throttle"
 )
 
 // Keys is what this package needs of Mandate's signing keys (package keys' Manager).
@@ -41,6 +42,14 @@ type Deps struct {
 	JWKSMaxAge time.Duration
 	// Ready reports readiness for /readyz; nil means Store.Ping.
 	Ready func(ctx context.Context) error
+	// Throttle tunes the accounting of requests refused before their client was
+	// authenticated (SPEC §8): per remote address, throttled when it keeps failing, and
+	// aggregated into audit records that RecordAuthFailures writes. Its clock defaults to Now.
+	Throttle throttle.Config
+	// OnUnauthenticated, when set, is told of each request refused before its client was
+	// authenticated, with the endpoint (token, introspect, revoke) and the reason code
+	// (rate_limited when throttled): for metrics, never with the claimed client id.
+	OnUnauthenticated func(endpoint, reason string)
 }
 
 // Endpoint paths, relative to the issuer.
@@ -72,6 +81,9 @@ type Server struct {
 	jwksAge  time.Duration
 	ready    func(ctx context.Context) error
 	mux      *http.ServeMux
+	failures *throttle.Tracker
+
+	onUnauthenticated func(endpoint, reason string)
 }
 
 // NewHandler builds the Server. It panics when a required dependency is missing: that is a
@@ -95,6 +107,15 @@ func NewHandler(d Deps) *Server {
 	}
 	if s.ready == nil {
 		s.ready = d.Store.Ping
+	}
+	tc := d.Throttle
+	if tc.Now == nil {
+		tc.Now = s.now
+	}
+	s.failures = throttle.New(tc)
+	s.onUnauthenticated = d.OnUnauthenticated
+	if s.onUnauthenticated == nil {
+		s.onUnauthenticated = func(string, string) {}
 	}
 
 	fs := &fositeStore{catalog: d.Exchange.Catalog(), replay: d.Store, now: s.now}

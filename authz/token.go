@@ -26,24 +26,31 @@ import (
 // one transaction); then one writer for the answer and one for every failure.
 func (s *Server) handleToken() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		att, ok := s.admit(w, r, endpointToken)
+		if !ok {
+			return
+		}
+		defer att.Done()
 		form, err := parseForm(w, r)
 		if err != nil {
-			if form != nil {
-				s.auditRefusal(r, form, err)
-			}
+			s.refuseUnauthenticated(&att, r, endpointToken, form, err)
 			writeError(w, r, s.log, err)
 			return
 		}
 		err = checkAuthParams(form)
 		if err != nil {
-			s.auditRefusal(r, form, err)
+			s.refuseUnauthenticated(&att, r, endpointToken, form, err)
 			writeError(w, r, s.log, err)
 			return
 		}
-		ctx := r.Context()
+		ctx, authed := withAuthNote(r.Context())
 		ar, err := s.oauth.NewAccessRequest(ctx, r, &tokenSession{})
 		if err != nil {
-			s.auditRefusal(r, form, err)
+			if authed.clientID == "" {
+				s.refuseUnauthenticated(&att, r, endpointToken, form, err)
+			} else {
+				s.auditRefusal(r, form, authed.clientID, err)
+			}
 			writeErrorFor(w, r, s.log, err, s.issuer)
 			return
 		}
@@ -219,6 +226,23 @@ func singletons(form url.Values, names ...string) error {
 		}
 	}
 	return nil
+}
+
+// authNote records, for one token request, the client its authentication succeeded for: a
+// refusal after that point is that client's (and audited as such), before it nobody's.
+type authNote struct{ clientID string }
+
+type authNoteKey struct{}
+
+func withAuthNote(ctx context.Context) (context.Context, *authNote) {
+	n := &authNote{}
+	return context.WithValue(ctx, authNoteKey{}, n), n
+}
+
+func noteAuthenticated(ctx context.Context, clientID string) {
+	if n, ok := ctx.Value(authNoteKey{}).(*authNote); ok {
+		n.clientID = clientID
+	}
 }
 
 // tokenSession carries the exchange's result from HandleTokenEndpointRequest to

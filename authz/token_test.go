@@ -13,6 +13,7 @@ import (
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jws"
 
+	"github.com/mandatehq/mandate/authz"
 	"github.com/mandatehq/mandate/envelope"
 	"github.com/mandatehq/mandate/exchange"
 	"github.com/mandatehq/mandate/storage"
@@ -261,7 +262,24 @@ func TestDecisionTable(t *testing.T) {
 				rw.name != "no credentials" && rw.name != "secret method mismatch: basic client uses post" {
 				t.Errorf("401 after Basic without WWW-Authenticate")
 			}
-			// Every refused token request is audited with its reason.
+			// A refusal before the client was authenticated is nobody's: counted in the
+			// address's aggregated record, with the reason, and no record of its own.
+			if rw.status == 401 {
+				items, _, err := e.store.ListAudit(context.Background(), storage.AuditFilter{Event: exchange.EventTokenExchange})
+				if err != nil || len(items) != 0 {
+					t.Fatalf("records of a request that failed client authentication: %+v, %v", items, err)
+				}
+				if err := e.handler.RecordAuthFailures(context.Background(), true); err != nil {
+					t.Fatal(err)
+				}
+				items, _, err = e.store.ListAudit(context.Background(), storage.AuditFilter{Event: authz.EventClientAuthFailed})
+				if err != nil || len(items) != 1 || items[0].ClientID != "" || items[0].RemoteAddr != "127.0.0.1" ||
+					!strings.Contains(string(items[0].Detail), `"count":1`) || !strings.Contains(string(items[0].Detail), rw.reason) {
+					t.Fatalf("aggregated records %+v, %v; want one counting this failure", items, err)
+				}
+				return
+			}
+			// Every other refused token request is audited with its reason.
 			if rw.code != "unsupported_grant_type" {
 				items, _, err := e.store.ListAudit(context.Background(), storage.AuditFilter{Event: exchange.EventTokenExchange})
 				if err != nil {

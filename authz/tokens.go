@@ -31,23 +31,38 @@ type tokenState struct {
 // parameter, and the token's state. On false the error answer has been written, and a
 // refusal audited under event unless event is "" (introspection is not an audit event).
 func (s *Server) tokenRequest(w http.ResponseWriter, r *http.Request, event string) (clientID string, st *tokenState, ok bool) {
+	endpoint := endpointIntrospect
+	if event == EventRevoke {
+		endpoint = endpointRevoke
+	}
+	att, ok := s.admit(w, r, endpoint)
+	if !ok {
+		return "", nil, false
+	}
+	defer att.Done()
 	form, err := parseForm(w, r)
-	refuse := func(err error) (string, *tokenState, bool) {
-		if event != "" && form != nil {
-			s.auditDenial(r, event, form, err, nil)
-		}
+	// Until the client is authenticated a refusal is nobody's: counted, not recorded.
+	anonymous := func(err error) (string, *tokenState, bool) {
+		s.refuseUnauthenticated(&att, r, endpoint, form, err)
 		writeError(w, r, s.log, err)
 		return "", nil, false
 	}
 	if err != nil {
-		return refuse(err)
+		return anonymous(err)
 	}
 	if err := singletons(form, "token", "token_type_hint", "client_id", "client_secret", "client_assertion", "client_assertion_type"); err != nil {
-		return refuse(err)
+		return anonymous(err)
 	}
 	fc, err := s.oauth.AuthenticateClient(r.Context(), r, form)
 	if err != nil {
-		return refuse(err)
+		return anonymous(err)
+	}
+	refuse := func(err error) (string, *tokenState, bool) {
+		if event != "" {
+			s.auditDenial(r, event, fc.GetID(), err, nil)
+		}
+		writeError(w, r, s.log, err)
+		return "", nil, false
 	}
 	token := form.Get("token")
 	switch {
@@ -64,8 +79,9 @@ func (s *Server) tokenRequest(w http.ResponseWriter, r *http.Request, event stri
 }
 
 // inspect verifies a token Mandate issued and reads its state: signature and typ with the
-// keys, then iss and exp, then the issued-token record (revoked? its grant revoked?). A
-// storage fault is an error; everything else is a verdict.
+// keys, then iss and exp, then the issued-token record (revoked? its grant revoked or gone?
+// its client deleted, or disabled now or since?). A storage fault is an error; everything
+// else is a verdict.
 func (s *Server) inspect(ctx context.Context, token string) (*tokenState, error) {
 	if len(token) > maxTokenBytes {
 		return &tokenState{why: "too large"}, nil
@@ -109,6 +125,16 @@ func (s *Server) inspect(ctx context.Context, token string) (*tokenState, error)
 		st.why = "revoked"
 	case !rec.GrantRevokedAt.IsZero():
 		st.why = "grant revoked"
+	case rec.GrantMissing:
+		st.why = "grant gone"
+	case rec.ClientMissing:
+		st.why = "client deleted"
+	case rec.ClientCreatedAt.After(rec.IssuedAt):
+		st.why = "client deleted (its id was taken again)"
+	case rec.ClientDisabled:
+		st.why = "client disabled"
+	case !rec.ClientDisabledAt.IsZero() && !rec.IssuedAt.After(rec.ClientDisabledAt):
+		st.why = "client disabled since the token was issued"
 	case rec.ClientID != cl.ClientID:
 		st.why = "record does not match"
 	default:

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -51,6 +52,13 @@ type DelegatorConfig struct {
 	MaxCacheEntries int
 	// HTTPClient talks to Mandate; default a client with a 10 s timeout.
 	HTTPClient *http.Client
+	// Audiences are the base URLs of each downstream API, by audience id: scheme, host,
+	// port and a path prefix ("https://orders.example.com/api"). Client and Transport send
+	// an audience's token only to URLs under one of its base URLs (same scheme, host and
+	// port; the path on a segment boundary), refuse every other URL before sending anything,
+	// and do not follow a redirect out of them. https only, except on loopback hosts. An
+	// audience without base URLs gets no token sent anywhere; Token itself is unaffected.
+	Audiences map[string][]string
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -62,6 +70,7 @@ type DelegatorConfig struct {
 type Delegator struct {
 	cfg   DelegatorConfig
 	group singleflight.Group
+	bases map[string][]*url.URL // Audiences, parsed
 
 	mu        sync.Mutex
 	cache     map[string]cachedToken
@@ -74,25 +83,167 @@ type cachedToken struct {
 	useUntil  time.Time // when the cache stops handing it out
 }
 
-// ExchangeError is Mandate refusing an exchange (RFC 6749 §5.2). Its message is fit for a
-// tool error: it says which audience and why, in Mandate's words.
+// ExchangeError is an exchange that did not give a token: Mandate refused it (RFC 6749 §5.2,
+// with Mandate's reason), or could not be reached. Its message is fit for a tool error: it
+// says which audience and why, in Mandate's words. Kind says what to do about it, and
+// errors.Is matches it against ErrGrantRequired, ErrClientError and ErrUnavailable.
 type ExchangeError struct {
-	Audience    string
-	Status      int
-	Code        string
-	Reason      string // Mandate's stable reason code (testdata/reasons.json)
+	Audience string
+	// Status is the HTTP status of Mandate's answer; 0 when none came.
+	Status int
+	// Code is the OAuth error code ("invalid_request", …); "" when no answer came.
+	Code string
+	// Reason is Mandate's stable reason code ("no_active_grant", …; testdata/reasons.json).
+	Reason      string
 	Description string
+	// RetryAfter is Mandate's Retry-After (on 429 and 503 answers); 0 when it sent none.
+	RetryAfter time.Duration
 	// GrantRequestEndpoint is set when the user could lift the refusal by granting access
 	// (SPEC §11): RequestGrant asks them there.
 	GrantRequestEndpoint string
+
+	err error // the network failure, when no answer came
 }
 
+// What to do about an ExchangeError (sdk-contract §1).
+const (
+	// KindGrantRequired: the user (or an admin) has not granted it; ask them, then retry.
+	KindGrantRequired = "grant_required"
+	// KindClientError: the request or the configuration is wrong; retrying as is fails again.
+	KindClientError = "client_error"
+	// KindUnavailable: retry later, after RetryAfter when it is set.
+	KindUnavailable = "unavailable"
+)
+
+// Sentinels for errors.Is, one per kind.
+var (
+	ErrGrantRequired = errors.New("boundary: the user has not granted this delegation")
+	ErrClientError   = errors.New("boundary: the exchange request or the client's configuration is wrong")
+	ErrUnavailable   = errors.New("boundary: Mandate is unavailable; retry later")
+)
+
 func (e *ExchangeError) Error() string {
+	if e.Status == 0 {
+		return fmt.Sprintf("Mandate could not be reached for a token for %s: %v", e.Audience, e.err)
+	}
 	msg := fmt.Sprintf("Mandate refused a token for %s: %s", e.Audience, e.Code)
 	if e.Description != "" {
 		msg += " (" + e.Description + ")"
 	}
 	return msg
+}
+
+// Kind is KindGrantRequired, KindClientError or KindUnavailable: the kind of Reason in
+// testdata/reasons.json; without a reason the SDK knows, a network failure, 429 or 5xx is
+// unavailable and anything else a client error.
+func (e *ExchangeError) Kind() string {
+	if k, ok := reasonKinds[e.Reason]; ok {
+		return k
+	}
+	if e.Status == 0 || e.Status == http.StatusTooManyRequests || e.Status >= 500 {
+		return KindUnavailable
+	}
+	return KindClientError
+}
+
+// Is makes errors.Is(err, ErrGrantRequired|ErrClientError|ErrUnavailable) test the kind.
+func (e *ExchangeError) Is(target error) bool {
+	switch target {
+	case ErrGrantRequired:
+		return e.Kind() == KindGrantRequired
+	case ErrClientError:
+		return e.Kind() == KindClientError
+	case ErrUnavailable:
+		return e.Kind() == KindUnavailable
+	}
+	return false
+}
+
+// Unwrap is the network failure, when no answer came.
+func (e *ExchangeError) Unwrap() error { return e.err }
+
+// reasonKinds is testdata/reasons.json's kind of every reason (a test keeps them equal).
+var reasonKinds = map[string]string{
+	"client_authentication_failed":            KindClientError,
+	"rate_limited":                            KindUnavailable,
+	"malformed_request":                       KindClientError,
+	"request_too_large":                       KindClientError,
+	"unsupported_grant_type":                  KindClientError,
+	"grant_type_not_allowed":                  KindClientError,
+	"missing_subject_token":                   KindClientError,
+	"bad_subject_token_type":                  KindClientError,
+	"subject_token_too_large":                 KindClientError,
+	"missing_target":                          KindClientError,
+	"bad_requested_token_type":                KindClientError,
+	"envelope_bad_format":                     KindClientError,
+	"envelope_too_large":                      KindClientError,
+	"envelope_wrong_type":                     KindClientError,
+	"envelope_alg_not_allowed":                KindClientError,
+	"envelope_unknown_kid":                    KindClientError,
+	"envelope_bad_signature":                  KindClientError,
+	"envelope_expired":                        KindClientError,
+	"envelope_not_yet_valid":                  KindClientError,
+	"envelope_lifetime_too_long":              KindClientError,
+	"envelope_issuer_mismatch":                KindClientError,
+	"envelope_audience_mismatch":              KindClientError,
+	"envelope_client_mismatch":                KindClientError,
+	"envelope_missing_member":                 KindClientError,
+	"envelope_bad_value":                      KindClientError,
+	"client_keys_invalid":                     KindClientError,
+	"client_keys_unavailable":                 KindUnavailable,
+	"tenant_not_allowed":                      KindClientError,
+	"act_chain_too_deep":                      KindClientError,
+	"unknown_audience":                        KindClientError,
+	"unknown_resource":                        KindClientError,
+	"conflicting_targets":                     KindClientError,
+	"audience_not_in_envelope":                KindClientError,
+	"audience_not_allowed_for_client":         KindClientError,
+	"mode_not_allowed_for_audience":           KindClientError,
+	"mode_not_allowed_for_client":             KindClientError,
+	"service_actor_requires_service_identity": KindClientError,
+	"service_actor_not_allowed":               KindClientError,
+	"no_active_grant":                         KindGrantRequired,
+	"grant_does_not_cover_audience_or_mode":   KindGrantRequired,
+	"grant_expires_too_soon":                  KindGrantRequired,
+	"grant_revoked":                           KindGrantRequired,
+	"scope_not_allowed":                       KindGrantRequired,
+	"no_effective_scope":                      KindGrantRequired,
+	"envelope_replayed":                       KindClientError,
+	"storage_unavailable":                     KindUnavailable,
+	"signing_failed":                          KindUnavailable,
+	"internal_error":                          KindUnavailable,
+	"token_not_issued_to_client":              KindClientError,
+	"invalid_grant_request":                   KindClientError,
+	"audience_requires_admin_consent":         KindClientError,
+	"consent_duration_too_long":               KindClientError,
+	"grant_request_not_found":                 KindClientError,
+	"grant_request_expired":                   KindClientError,
+	"grant_request_already_decided":           KindClientError,
+	"grant_request_changed":                   KindClientError,
+	"consent_wrong_user":                      KindClientError,
+	"consent_wrong_tenant":                    KindClientError,
+	"csrf_check_failed":                       KindClientError,
+	"grant_not_yours":                         KindClientError,
+	"grant_already_revoked":                   KindClientError,
+	"sign_in_failed":                          KindClientError,
+	"sign_in_without_tenant":                  KindClientError,
+}
+
+// retryAfter reads a Retry-After header: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+func retryAfter(h string, now time.Time) time.Duration {
+	if h == "" {
+		return 0
+	}
+	if n, err := strconv.ParseInt(strings.TrimSpace(h), 10, 64); err == nil {
+		if n <= 0 {
+			return 0
+		}
+		return time.Duration(min(n, int64(24*time.Hour/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(h); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
 }
 
 // ErrNoIdentity means a downstream call was made outside a request that passed the
@@ -133,7 +284,11 @@ func NewDelegator(cfg DelegatorConfig) (*Delegator, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Delegator{cfg: cfg, cache: make(map[string]cachedToken)}, nil
+	bases, err := parseBases(cfg.Audiences)
+	if err != nil {
+		return nil, err
+	}
+	return &Delegator{cfg: cfg, cache: make(map[string]cachedToken), bases: bases}, nil
 }
 
 // Exchanges reports how many exchanges the Delegator has sent to Mandate.
@@ -294,7 +449,7 @@ func (d *Delegator) exchange(ctx context.Context, id *Identity, audience string,
 	d.mu.Unlock()
 	resp, err := d.cfg.HTTPClient.Do(req)
 	if err != nil {
-		return cachedToken{}, fmt.Errorf("boundary: token exchange for %s: %w", audience, err)
+		return cachedToken{}, &ExchangeError{Audience: audience, err: err}
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponseBytes))
@@ -304,11 +459,15 @@ func (d *Delegator) exchange(ctx context.Context, id *Identity, audience string,
 	var tr tokenResponse
 	jsonErr := json.Unmarshal(raw, &tr)
 	if resp.StatusCode != http.StatusOK {
+		xe := &ExchangeError{Audience: audience, Status: resp.StatusCode,
+			RetryAfter: retryAfter(resp.Header.Get("Retry-After"), d.cfg.Now())}
 		if jsonErr != nil || tr.Error == "" {
-			return cachedToken{}, &ExchangeError{Audience: audience, Status: resp.StatusCode, Code: "server_error", Description: fmt.Sprintf("HTTP %d", resp.StatusCode)}
+			xe.Code, xe.Description = "server_error", fmt.Sprintf("HTTP %d", resp.StatusCode)
+		} else {
+			xe.Code, xe.Reason, xe.Description = tr.Error, tr.Reason, tr.Description
 		}
-		return cachedToken{}, &ExchangeError{Audience: audience, Status: resp.StatusCode, Code: tr.Error,
-			Reason: tr.Reason, Description: tr.Description, GrantRequestEndpoint: tr.GrantReqURL}
+		xe.GrantRequestEndpoint = tr.GrantReqURL
+		return cachedToken{}, xe
 	}
 	if jsonErr != nil || tr.AccessToken == "" || tr.ExpiresIn <= 0 || !strings.EqualFold(tr.TokenType, "Bearer") {
 		return cachedToken{}, fmt.Errorf("boundary: token exchange for %s: malformed answer", audience)

@@ -2,6 +2,7 @@ package boundary
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"time"
 
@@ -56,9 +57,16 @@ func tokenInfo(id *Identity) *auth.TokenInfo {
 		Expiration: id.ExpiresAt,
 		// The SDK binds a session to this value: tenant and user together, so two
 		// tenants' "user_1" are different users.
-		UserID: id.Actor.Tenant + "/" + id.Actor.Sub,
+		UserID: sessionUser(id),
 		Extra:  map[string]any{tokenInfoExtraKey: id},
 	}
+}
+
+// sessionUser is the actor as one string no other actor can produce: a JSON array, where
+// joining with "/" made tenant "a/b" with user "c" the same as tenant "a" with user "b/c".
+func sessionUser(id *Identity) string {
+	b, _ := json.Marshal([]string{id.Actor.Type, id.Actor.Tenant, id.Actor.Sub}) // strings always marshal
+	return string(b)
 }
 
 // MCPMiddleware is a go-sdk receiving middleware (Server.AddReceivingMiddleware) that sets

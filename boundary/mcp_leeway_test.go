@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/mandatehq/mandate/envelope"
 )
 
 // A token the boundary accepts (expired, but within Config.Leeway) must not then be refused
@@ -27,5 +29,25 @@ func TestMCPHandlerHonoursLeeway(t *testing.T) {
 	h.ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK {
 		t.Fatalf("status %d (%q), challenge %q; want 200", rec.Code, strings.TrimSpace(rec.Body.String()), rec.Header().Get("WWW-Authenticate"))
+	}
+}
+
+// The MCP SDK binds a session to TokenInfo.UserID: tenant "a/b" with user "c" and tenant
+// "a" with user "b/c" are different users and must not share a session.
+func TestSessionUserIDKeepsTenantAndUserApart(t *testing.T) {
+	id := func(tenant, sub string) *Identity {
+		return &Identity{Actor: envelope.Actor{Type: envelope.ActorUser, Tenant: tenant, Sub: sub}}
+	}
+	pairs := [][2]*Identity{
+		{id("a/b", "c"), id("a", "b/c")},
+		{id(`a"`, `b`), id(`a`, `"b`)},
+		{id("a", ""), id("", "a")},
+	}
+	for _, p := range pairs {
+		x, y := tokenInfo(p[0]).UserID, tokenInfo(p[1]).UserID
+		if x == y {
+			t.Errorf("(%q, %q) and (%q, %q) share the session user %q", p[0].Actor.Tenant, p[0].Actor.Sub,
+				p[1].Actor.Tenant, p[1].Actor.Sub, x)
+		}
 	}
 }

@@ -2,7 +2,8 @@
 // middleware that verifies the RFC 9068 access tokens Mandate issues (offline through
 // Mandate's JWKS, or online through RFC 7662 introspection for routes that must see a
 // revocation at once), checks the scopes each route needs, answers with RFC 6750 errors,
-// and hands the handler a Principal: the user, the tenant, the agent chain, the delegation
+// and hands the handler a Principal: a user or a service (never one read as the other), the
+// tenant, the agent Mandate vouched for and the earlier actors it did not, the delegation
 // mode and the trace id.
 //
 // It is an SDK that downstream APIs import, so it depends on the standard library and jwx
@@ -19,23 +20,40 @@ import (
 	"time"
 )
 
+// Actor types (the token's actor_type).
+const (
+	ActorUser    = "user"
+	ActorService = "service"
+)
+
 // Principal is who a verified token says is calling.
+//
+// Authorize on ActorType with User or Service, Tenant, Agent, ClientID and Scopes: Mandate
+// verified them. PriorActors are only what the MCP server said about earlier hops.
 type Principal struct {
+	// ActorType says whom the work is for: ActorUser (a person, in User) or ActorService
+	// (a service of the MCP server's, in Service). Always one of the two.
+	ActorType string
+	// User is the person the call is for, in every mode: actor_sub when the token has it,
+	// else sub. Empty for a service actor: a service is never read as a user.
+	User string
+	// Service is the service actor the call is for (actor_sub); empty for a user.
+	Service string
 	// Subject is the token's sub: the user in on_behalf_of and restricted_user mode, the
 	// MCP server's client_id in service_identity mode.
 	Subject string
-	// User is the person the call is for in every mode: actor_sub when the token has it,
-	// else sub.
-	User string
-	// Tenant is the user's tenant.
+	// Tenant is the actor's tenant.
 	Tenant string
 	// Mode is the delegation mode: on_behalf_of, service_identity or restricted_user.
 	Mode string
-	// Agents is the acting chain from the token's act claim, newest (the agent that made
-	// this call) first. Empty for service_identity and restricted_user tokens.
-	Agents []Actor
-	// AgentID is the agent that executed the tool (agent_id), in every mode.
-	AgentID string
+	// Agent is the agent Mandate vouched for: the one named by the envelope it verified,
+	// signed by ClientID. It is the outermost act (act.sub, act.client_id) when the token
+	// has act, else agent_id and client_id.
+	Agent Actor
+	// PriorActors is the rest of the act chain, newest first. The MCP server asserted it in
+	// its envelope and Mandate did not verify it: show or log it, never authorize on it.
+	// Empty for service_identity and restricted_user tokens.
+	PriorActors []Actor
 	// ClientID is the MCP server the token was issued to.
 	ClientID string
 	// Scopes are the granted scopes.
@@ -97,6 +115,7 @@ type wireClaims struct {
 	Scope          string      `json:"scope"`
 	Tenant         string      `json:"tenant"`
 	DelegationMode string      `json:"delegation_mode"`
+	ActorType      string      `json:"actor_type"`
 	ActorSub       string      `json:"actor_sub"`
 	AgentID        string      `json:"agent_id"`
 	TraceID        string      `json:"trace_id"`
@@ -180,25 +199,48 @@ func (v *Verifier) principal(c *wireClaims) (*Principal, error) {
 		return nil, errors.New("sub missing")
 	}
 	p := &Principal{
-		Subject: c.Subject, User: c.Subject, Tenant: c.Tenant, Mode: c.DelegationMode,
-		AgentID: c.AgentID, ClientID: c.ClientID, Scopes: strings.Fields(c.Scope),
-		TraceID: c.TraceID, SessionID: c.SessionID, GrantID: c.GrantID,
+		ActorType: c.ActorType, Subject: c.Subject, Tenant: c.Tenant, Mode: c.DelegationMode,
+		Agent: Actor{Sub: c.AgentID, ClientID: c.ClientID}, ClientID: c.ClientID,
+		Scopes: strings.Fields(c.Scope), TraceID: c.TraceID, SessionID: c.SessionID, GrantID: c.GrantID,
 		Audience: v.cfg.Audience, JTI: c.JTI, IssuedAt: iat, ExpiresAt: exp,
 	}
-	if c.ActorSub != "" {
-		p.User = c.ActorSub
+	// Fail closed on anything that would make the principal a guess (sdk-contract §2):
+	// every token Mandate issues to a downstream API comes from a token exchange and says
+	// which kind of actor it is for.
+	switch c.ActorType {
+	case "":
+		return nil, errors.New("token has no actor_type")
+	case ActorService:
+		if c.DelegationMode != modeServiceIdentity || c.ActorSub == "" {
+			return nil, errors.New("a service actor needs service_identity mode and actor_sub")
+		}
+		p.Service = c.ActorSub
+	case ActorUser:
+		switch {
+		case c.ActorSub != "":
+			p.User = c.ActorSub
+		case c.DelegationMode == modeServiceIdentity:
+			return nil, errors.New("a user actor in service_identity mode needs actor_sub")
+		default:
+			p.User = c.Subject
+		}
+	default:
+		return nil, errors.New("unknown actor_type")
 	}
 	for a, n := c.Act, 0; a != nil; a, n = a.Act, n+1 {
 		if n == maxActDepth {
 			return nil, errors.New("act chain too deep")
 		}
-		p.Agents = append(p.Agents, Actor{Sub: a.Sub, ClientID: a.ClientID})
-	}
-	if p.AgentID == "" && len(p.Agents) > 0 {
-		p.AgentID = p.Agents[0].Sub
+		if n == 0 {
+			p.Agent = Actor{Sub: a.Sub, ClientID: a.ClientID}
+			continue
+		}
+		p.PriorActors = append(p.PriorActors, Actor{Sub: a.Sub, ClientID: a.ClientID})
 	}
 	return p, nil
 }
+
+const modeServiceIdentity = "service_identity"
 
 // tokenTypeOK accepts the RFC 9068 typ, case-insensitively, with or without the
 // "application/" prefix (RFC 7515 §4.1.9).

@@ -136,21 +136,81 @@ func TestPrincipal(t *testing.T) {
 	if rec.Code != 200 || p == nil {
 		t.Fatalf("status %d, principal %v", rec.Code, p)
 	}
-	if p.User != "alice" || p.Subject != "alice" || p.Tenant != "acme" || p.Mode != "on_behalf_of" ||
-		p.TraceID != "trace-1" || p.GrantID != "grt_1" || p.ClientID != "webapp" || p.AgentID != "agent_1" ||
+	if p.ActorType != ActorUser || p.User != "alice" || p.Service != "" || p.Subject != "alice" || p.Tenant != "acme" ||
+		p.Mode != "on_behalf_of" || p.TraceID != "trace-1" || p.GrantID != "grt_1" || p.ClientID != "webapp" ||
 		p.SessionID != "sess-1" || !p.HasScope("orders:write") || len(p.Scopes) != 2 {
 		t.Fatalf("principal = %+v", p)
 	}
-	if len(p.Agents) != 2 || p.Agents[0] != (Actor{Sub: "agent_1", ClientID: "webapp"}) || p.Agents[1].Sub != "planner" {
-		t.Fatalf("agent chain = %+v", p.Agents)
+	// The agent Mandate vouched for is the outermost act; the rest of the chain is the MCP
+	// server's own statement.
+	if p.Agent != (Actor{Sub: "agent_1", ClientID: "webapp"}) || len(p.PriorActors) != 1 || p.PriorActors[0] != (Actor{Sub: "planner"}) {
+		t.Fatalf("agent %+v, prior actors %+v", p.Agent, p.PriorActors)
 	}
-	// service_identity: sub is the client, the user is actor_sub.
+	// service_identity for a user: sub is the client, the user is actor_sub.
 	cl := goodClaims(c.Now())
 	cl["sub"], cl["delegation_mode"] = "webapp", "service_identity"
 	delete(cl, "act")
 	_, p = serveOnce(v, "Bearer "+is.mint(nil, cl))
-	if p == nil || p.Subject != "webapp" || p.User != "alice" || len(p.Agents) != 0 || p.AgentID != "agent_1" {
+	if p == nil || p.Subject != "webapp" || p.User != "alice" || p.ActorType != ActorUser ||
+		p.Agent != (Actor{Sub: "agent_1", ClientID: "webapp"}) || len(p.PriorActors) != 0 {
 		t.Fatalf("service_identity principal = %+v", p)
+	}
+}
+
+// A service actor is a service, never a user: a handler that authorizes on User (as most
+// do) must find it empty, and the service's name in Service.
+func TestServiceActorIsNeverAUser(t *testing.T) {
+	is := newIssuer(t)
+	c := &clock{t: time.Now()}
+	v := newTestVerifier(t, is, c, nil)
+	cl := goodClaims(c.Now())
+	cl["sub"], cl["delegation_mode"], cl["actor_type"], cl["actor_sub"] = "webapp", "service_identity", "service", "nightly-batch"
+	delete(cl, "act")
+	delete(cl, "grant_id")
+	rec, p := serveOnce(v, "Bearer "+is.mint(nil, cl))
+	if rec.Code != 200 || p == nil {
+		t.Fatalf("status %d %s", rec.Code, rec.Body)
+	}
+	if p.ActorType != ActorService || p.User != "" || p.Service != "nightly-batch" || p.Tenant != "acme" ||
+		p.Agent != (Actor{Sub: "agent_1", ClientID: "webapp"}) {
+		t.Fatalf("service principal = %+v", p)
+	}
+}
+
+// Verifiers fail closed on what would make them guess who the caller is (sdk-contract §2):
+// a token from a token exchange without actor_type, with one they do not know, or whose
+// actor type contradicts its mode.
+func TestActorTypeIsRequired(t *testing.T) {
+	is := newIssuer(t)
+	c := &clock{t: time.Now()}
+	v := newTestVerifier(t, is, c, nil)
+	for name, mut := range map[string]func(cl map[string]any){
+		"no actor_type":      func(cl map[string]any) { delete(cl, "actor_type") },
+		"empty actor_type":   func(cl map[string]any) { cl["actor_type"] = "" },
+		"unknown actor_type": func(cl map[string]any) { cl["actor_type"] = "robot" },
+		"service on behalf of": func(cl map[string]any) {
+			cl["actor_type"] = "service"
+		},
+		"service without actor_sub": func(cl map[string]any) {
+			cl["actor_type"], cl["delegation_mode"], cl["sub"] = "service", "service_identity", "webapp"
+			delete(cl, "actor_sub")
+			delete(cl, "act")
+		},
+		"user in service_identity without actor_sub": func(cl map[string]any) {
+			cl["delegation_mode"], cl["sub"] = "service_identity", "webapp"
+			delete(cl, "actor_sub")
+			delete(cl, "act")
+		},
+	} {
+		cl := goodClaims(c.Now())
+		mut(cl)
+		rec, p := serveOnce(v, "Bearer "+is.mint(nil, cl))
+		if rec.Code != 401 || p != nil || !strings.Contains(rec.Header().Get("WWW-Authenticate"), `error="invalid_token"`) {
+			t.Errorf("%s: %d %q, principal %+v; want 401 invalid_token", name, rec.Code, rec.Header().Get("WWW-Authenticate"), p)
+		}
+		if name == "no actor_type" && !strings.Contains(rec.Header().Get("WWW-Authenticate"), "token has no actor_type") {
+			t.Errorf("no actor_type: challenge %q", rec.Header().Get("WWW-Authenticate"))
+		}
 	}
 }
 

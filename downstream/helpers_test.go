@@ -101,7 +101,7 @@ func goodClaims(now time.Time) map[string]any {
 	return map[string]any{
 		"iss": testIssuer, "sub": "alice", "aud": "orders_api", "exp": now.Add(5 * time.Minute).Unix(),
 		"iat": now.Unix(), "jti": "t1", "client_id": "webapp", "scope": "orders:read orders:write",
-		"tenant": "acme", "delegation_mode": "on_behalf_of", "actor_sub": "alice", "agent_id": "agent_1",
+		"tenant": "acme", "delegation_mode": "on_behalf_of", "actor_type": "user", "actor_sub": "alice", "agent_id": "agent_1",
 		"trace_id": "trace-1", "session_id": "sess-1", "grant_id": "grt_1",
 		"act": map[string]any{"sub": "agent_1", "client_id": "webapp", "act": map[string]any{"sub": "planner"}},
 	}

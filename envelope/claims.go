@@ -117,7 +117,10 @@ type Claims struct {
 	Delegation Delegation `json:"delegation"`
 	// Act is an optional prior actor chain (RFC 8693 §4.1) when the MCP
 	// server itself acts for another agent. Mandate nests it under the
-	// issued token's act and bounds its depth.
+	// issued token's act and bounds its depth, but cannot verify it: it is
+	// this MCP server's word alone. Downstream APIs are told so (only the
+	// outermost act, the agent of this envelope, is vouched for by Mandate;
+	// see downstream.Principal.PriorActors).
 	Act *Act `json:"act,omitempty"`
 }
 

@@ -102,7 +102,7 @@ func TestRemoteURLRules(t *testing.T) {
 		{"://bad", false, false},
 	}
 	for _, tc := range cases {
-		_, err := NewRemoteKeySet(tc.uri, RemoteOptions{AllowHTTPLoopback: tc.loopback})
+		_, err := NewRemoteKeySet(tc.uri, RemoteOptions{AllowLoopback: tc.loopback})
 		if (err == nil) != tc.ok {
 			t.Errorf("%s (loopback %v): err = %v, want ok=%v", tc.uri, tc.loopback, err, tc.ok)
 		}
@@ -189,7 +189,7 @@ func newRemote(t *testing.T, srv *jwksServer, opts RemoteOptions) (*RemoteKeySet
 	t.Helper()
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	opts.AllowHTTPLoopback = true
+	opts.AllowLoopback = true
 	ks, err := NewRemoteKeySet(hs.URL+"/jwks.json", opts)
 	if err != nil {
 		t.Fatal(err)
@@ -327,7 +327,7 @@ func TestRemoteKeySetFailures(t *testing.T) {
 func TestRemoteKeySetRedirectToHTTP(t *testing.T) {
 	hs := httptest.NewServer(http.RedirectHandler("http://keys.example.com/jwks.json", http.StatusFound))
 	t.Cleanup(hs.Close)
-	ks, err := NewRemoteKeySet(hs.URL, RemoteOptions{AllowHTTPLoopback: true})
+	ks, err := NewRemoteKeySet(hs.URL, RemoteOptions{AllowLoopback: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +340,7 @@ func TestRemoteKeySetHTTPS(t *testing.T) {
 	srv := &jwksServer{body: jwksJSON(t, publicJWK(t, testKey(t, AlgES256), "k1", ""))}
 	hs := httptest.NewTLSServer(srv)
 	t.Cleanup(hs.Close)
-	ks, err := NewRemoteKeySet(hs.URL+"/jwks.json", RemoteOptions{HTTPClient: hs.Client()})
+	ks, err := NewRemoteKeySet(hs.URL+"/jwks.json", RemoteOptions{HTTPClient: hs.Client(), AllowLoopback: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v3/jwk"
@@ -34,7 +36,11 @@ const (
 type RemoteOptions struct {
 	// HTTPClient makes the requests; nil means a new client with no
 	// timeout of its own (Timeout below applies per fetch). Its redirects
-	// are held to the same URL rules as the jwks_uri itself.
+	// are held to the same URL rules as the jwks_uri itself. Its Transport,
+	// when it is nil or an *http.Transport, is copied with a dialer that
+	// refuses non-public addresses (see AllowLoopback) and without a proxy,
+	// so the check sees the real destination; any other RoundTripper is used
+	// as it is, and that check is then its own.
 	HTTPClient *http.Client
 	// MinRefreshInterval is the least time between two fetches, so a flood
 	// of envelopes with made-up kids costs at most one fetch per interval.
@@ -44,9 +50,12 @@ type RemoteOptions struct {
 	MaxBytes int64
 	// Timeout bounds one fetch. Default 5 seconds.
 	Timeout time.Duration
-	// AllowHTTPLoopback permits http:// on 127.0.0.0/8, ::1 and localhost
-	// (for development and tests). Other http:// URLs are always refused.
-	AllowHTTPLoopback bool
+	// AllowLoopback permits jwks_uri hosts that resolve to loopback
+	// addresses (127.0.0.0/8, ::1), over http:// too (development and
+	// tests). Other http:// URLs, and hosts that resolve to private,
+	// link-local, multicast or otherwise non-public addresses, are always
+	// refused: a jwks_uri must not reach into the network Mandate runs in.
+	AllowLoopback bool
 }
 
 // RemoteKeySet is a client's jwks_uri, fetched lazily and cached. The cache
@@ -74,10 +83,10 @@ type fetchCall struct {
 }
 
 // NewRemoteKeySet returns a key set for jwks_uri uri. It refuses URLs other
-// than https (and, with AllowHTTPLoopback, http on loopback). No request is
+// than https (and, with AllowLoopback, http on loopback). No request is
 // made until a key is needed.
 func NewRemoteKeySet(uri string, opts RemoteOptions) (*RemoteKeySet, error) {
-	if err := checkJWKSURL(uri, opts.AllowHTTPLoopback); err != nil {
+	if err := checkJWKSURL(uri, opts.AllowLoopback); err != nil {
 		return nil, err
 	}
 	if opts.MinRefreshInterval <= 0 {
@@ -94,8 +103,14 @@ func NewRemoteKeySet(uri string, opts RemoteOptions) (*RemoteKeySet, error) {
 		c := *opts.HTTPClient
 		client = &c
 	}
+	switch t := client.Transport.(type) {
+	case nil:
+		client.Transport = guardedTransport(http.DefaultTransport.(*http.Transport), opts.AllowLoopback)
+	case *http.Transport:
+		client.Transport = guardedTransport(t, opts.AllowLoopback)
+	}
 	next := client.CheckRedirect
-	allowLoopback := opts.AllowHTTPLoopback
+	allowLoopback := opts.AllowLoopback
 	client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
 		if len(via) >= remoteMaxRedirects {
 			return errors.New("too many redirects")
@@ -109,6 +124,83 @@ func NewRemoteKeySet(uri string, opts RemoteOptions) (*RemoteKeySet, error) {
 		return nil
 	}
 	return &RemoteKeySet{uri: uri, client: client, opts: opts, now: time.Now}, nil
+}
+
+// errNotPublic is a connection refused because of the address it would go to. The caller
+// sees it as any other fetch failure (ErrKeysUnavailable): the answer to a client must not
+// tell an internal address from an unreachable one.
+var errNotPublic = errors.New("the address is not public")
+
+// guardedTransport is a copy of base that connects only to public addresses (loopback too
+// when allowed), checked after DNS resolution on the very address being dialled, so a name
+// that resolves (or rebinds) to an internal address is refused as well. No proxy: through one
+// the address dialled would be the proxy's.
+func guardedTransport(base *http.Transport, allowLoopback bool) *http.Transport {
+	t := base.Clone()
+	t.Proxy = nil
+	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second,
+		ControlContext: func(_ context.Context, _, address string, _ syscall.RawConn) error {
+			host, _, err := net.SplitHostPort(address)
+			if err != nil {
+				return err
+			}
+			ip, err := netip.ParseAddr(host)
+			if err != nil || !publicAddress(ip, allowLoopback) {
+				return fmt.Errorf("%w: %s", errNotPublic, host)
+			}
+			return nil
+		}}
+	t.DialContext = d.DialContext
+	t.DialTLSContext = nil // the TLS handshake runs over DialContext's connection
+	return t
+}
+
+// nonPublic are the ranges a jwks_uri must never reach beyond what netip classifies
+// (loopback, private, link-local, multicast, unspecified): IANA's special-purpose registries.
+var nonPublic = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),       // "this network"
+	netip.MustParsePrefix("100.64.0.0/10"),   // carrier-grade NAT
+	netip.MustParsePrefix("192.0.0.0/24"),    // IETF protocol assignments
+	netip.MustParsePrefix("192.0.2.0/24"),    // documentation
+	netip.MustParsePrefix("198.18.0.0/15"),   // benchmarking
+	netip.MustParsePrefix("198.51.100.0/24"), // documentation
+	netip.MustParsePrefix("203.0.113.0/24"),  // documentation
+	netip.MustParsePrefix("240.0.0.0/4"),     // reserved, and broadcast
+	netip.MustParsePrefix("2001:db8::/32"),   // documentation
+	netip.MustParsePrefix("2001::/32"),       // Teredo: tunnels to an IPv4 address
+}
+
+// IPv6 prefixes that carry an IPv4 address, judged by that address.
+var (
+	nat64 = netip.MustParsePrefix("64:ff9b::/96") // the IPv4 address in the last 4 bytes
+	sixTo = netip.MustParsePrefix("2002::/16")    // 6to4: the IPv4 address in bytes 2 to 5
+)
+
+// publicAddress reports whether a jwks_uri may connect to ip; with allowLoopback, loopback
+// addresses may be connected to as well.
+func publicAddress(ip netip.Addr, allowLoopback bool) bool {
+	ip = ip.Unmap()
+	if b := ip.As16(); ip.Is6() {
+		switch {
+		case nat64.Contains(ip):
+			return publicAddress(netip.AddrFrom4([4]byte(b[12:16])), allowLoopback)
+		case sixTo.Contains(ip):
+			return publicAddress(netip.AddrFrom4([4]byte(b[2:6])), allowLoopback)
+		}
+	}
+	if ip.IsLoopback() {
+		return allowLoopback
+	}
+	if !ip.IsValid() || ip.IsPrivate() || ip.IsUnspecified() || ip.IsLinkLocalUnicast() ||
+		ip.IsLinkLocalMulticast() || ip.IsInterfaceLocalMulticast() || ip.IsMulticast() {
+		return false
+	}
+	for _, p := range nonPublic {
+		if p.Contains(ip) {
+			return false
+		}
+	}
+	return true
 }
 
 // checkJWKSURL enforces https, except http on loopback when allowed.

@@ -84,8 +84,16 @@ func (c *Catalog) Grants(ctx context.Context, q storage.GrantQuery) ([]storage.G
 	all, err := lookup(c, c.grants, key, func() ([]storage.Grant, error) {
 		// Load without the time bound's lower edge moving: grants that start within the TTL
 		// are not returned by the store, so they wait for the next load, as a new grant does.
-		return c.store.FindActiveGrants(ctx, q)
+		g, err := c.store.FindActiveGrants(ctx, q)
+		if err == nil && len(g) == 0 {
+			// Cached as "not found", so made-up subjects are the first to be evicted.
+			err = storage.ErrNotFound
+		}
+		return g, err
 	})
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -173,17 +181,28 @@ func lookup[K comparable, T any](c *Catalog, m map[K]cached[T], key K, load func
 			return v, err
 		}
 		if len(m) >= maxCatalogEntries {
-			for k, e := range m { // drop the expired ones, or everything if none is
-				if !now.Before(e.expires) {
-					delete(m, k)
-				}
-			}
-			if len(m) >= maxCatalogEntries {
-				clear(m)
-			}
+			makeRoom(m, now)
 		}
 		m[key] = cached[T]{v: v, err: err, expires: now.Add(c.ttl)}
 		c.mu.Unlock()
 	}
 	return v, err
+}
+
+// makeRoom frees a full map: the expired entries, then every "not found" one, then (only if
+// real records alone fill it) arbitrary entries down to three quarters. Ids come from
+// requests, so junk can only ever be "not found": a flood of made-up ids evicts itself and
+// never the records the clients in use need.
+func makeRoom[K comparable, T any](m map[K]cached[T], now time.Time) {
+	for k, e := range m {
+		if !now.Before(e.expires) || e.err != nil {
+			delete(m, k)
+		}
+	}
+	for k := range m { // map order is arbitrary enough
+		if len(m) < maxCatalogEntries*3/4 {
+			break
+		}
+		delete(m, k)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -362,7 +363,7 @@ func TestRemoteKeySet(t *testing.T) {
 		Audiences: []string{"orders_api"}, Scopes: []string{"orders:read"}, NotBefore: now.Add(-time.Minute),
 		ExpiresAt: now.Add(time.Hour), CreatedAt: now}))
 	svc, err := exchange.New(exchange.Deps{Store: f.store, Verifier: &envelope.Verifier{Issuer: issuer}, Signer: f.keys,
-		KeySets: exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{AllowHTTPLoopback: true}))},
+		KeySets: exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{AllowLoopback: true}))},
 		exchange.Config{Issuer: issuer})
 	if err != nil {
 		t.Fatal(err)
@@ -376,5 +377,40 @@ func TestRemoteKeySet(t *testing.T) {
 	}
 	if n := fetches.Load(); n != 1 {
 		t.Errorf("%d fetches of the jwks_uri, want 1", n)
+	}
+}
+
+// Made-up ids fill the catalog's memory of what does not exist, never what does: a flood of
+// unknown client ids must not flush the real clients from the cache (each flush would send
+// every request of every client back to the database).
+func TestCatalogUnknownIDsDoNotEvictKnownOnes(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	// A TTL far longer than the test, so only eviction can make an entry go.
+	cat := exchange.NewCatalog(f.store, time.Hour, nil)
+	if _, err := cat.Client(ctx, "mcp"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.Audience(ctx, "orders_api"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10050 {
+		id := "junk-" + strings.Repeat("x", 20) + string(rune('a'+i%26)) + strconv.Itoa(i)
+		if _, err := cat.Client(ctx, id); err == nil {
+			t.Fatalf("made-up client %s found", id)
+		}
+		if _, err := cat.Audience(ctx, id); err == nil {
+			t.Fatalf("made-up audience %s found", id)
+		}
+	}
+	f.store.take()
+	if _, err := cat.Client(ctx, "mcp"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.Audience(ctx, "orders_api"); err != nil {
+		t.Fatal(err)
+	}
+	if calls := f.store.take(); len(calls) != 0 {
+		t.Errorf("after a flood of unknown ids, the known client and audience cost store calls %v: the flood evicted them", calls)
 	}
 }

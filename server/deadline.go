@@ -127,6 +127,10 @@ func (d deadlineStore) DeleteClient(ctx context.Context, id string) error {
 	return call0(d, ctx, func(ctx context.Context) error { return d.s.DeleteClient(ctx, id) })
 }
 
+func (d deadlineStore) LockEnabledClientsWith(ctx context.Context, scope, grantType string) ([]string, error) {
+	return call1(d, ctx, func(ctx context.Context) ([]string, error) { return d.s.LockEnabledClientsWith(ctx, scope, grantType) })
+}
+
 // Audiences
 
 func (d deadlineStore) CreateAudience(ctx context.Context, a *storage.Audience) error {
@@ -173,6 +177,12 @@ func (d deadlineStore) RevokeGrant(ctx context.Context, id, by, reason string, a
 
 func (d deadlineStore) FindActiveGrants(ctx context.Context, q storage.GrantQuery) ([]storage.Grant, error) {
 	return call1(d, ctx, func(ctx context.Context) ([]storage.Grant, error) { return d.s.FindActiveGrants(ctx, q) })
+}
+
+func (d deadlineStore) RevokeGrantsOfClient(ctx context.Context, clientID, by, reason string, at time.Time) (int64, error) {
+	return call1(d, ctx, func(ctx context.Context) (int64, error) {
+		return d.s.RevokeGrantsOfClient(ctx, clientID, by, reason, at)
+	})
 }
 
 // Keys
@@ -277,6 +287,16 @@ func (d deadlineStore) DeleteSession(ctx context.Context, id string) error {
 
 func (d deadlineStore) DeleteExpiredSessions(ctx context.Context, now, idleSince time.Time) (int64, error) {
 	return call1(d, ctx, func(ctx context.Context) (int64, error) { return d.s.DeleteExpiredSessions(ctx, now, idleSince) })
+}
+
+// Markers
+
+func (d deadlineStore) SetMarker(ctx context.Context, name string, at time.Time) error {
+	return call0(d, ctx, func(ctx context.Context) error { return d.s.SetMarker(ctx, name, at) })
+}
+
+func (d deadlineStore) GetMarker(ctx context.Context, name string) (time.Time, error) {
+	return call1(d, ctx, func(ctx context.Context) (time.Time, error) { return d.s.GetMarker(ctx, name) })
 }
 
 // Change feed

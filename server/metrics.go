@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/mandatehq/mandate/authz"
 	"github.com/mandatehq/mandate/storage"
 )
 
@@ -19,6 +20,8 @@ type metrics struct {
 	requests  *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	decisions *prometheus.CounterVec
+	authFails *prometheus.CounterVec
+	throttled *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -37,10 +40,29 @@ func newMetrics() *metrics {
 			Name: "mandate_decisions_total",
 			Help: "Audited decisions by event, outcome and reason code (one per audit record).",
 		}, []string{"event", "outcome", "reason"}),
+		// Never labelled by the client id claimed: it is made up at will, and each new value
+		// would be a new series.
+		authFails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mandate_client_authentication_failures_total",
+			Help: "Requests refused before their client was authenticated, by endpoint and reason code.",
+		}, []string{"endpoint", "reason"}),
+		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mandate_throttled_requests_total",
+			Help: "Requests answered 429 because their remote address kept failing client authentication, by endpoint.",
+		}, []string{"endpoint"}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.decisions,
+	m.reg.MustRegister(m.requests, m.latency, m.decisions, m.authFails, m.throttled,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// unauthenticated counts a request authz refused before authenticating its client.
+func (m *metrics) unauthenticated(endpoint, reason string) {
+	if reason == authz.ReasonRateLimited {
+		m.throttled.WithLabelValues(endpoint).Inc()
+		return
+	}
+	m.authFails.WithLabelValues(endpoint, reason).Inc()
 }
 
 func (m *metrics) handler() http.Handler {

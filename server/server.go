@@ -24,6 +24,7 @@ import (
 	"github.com/mandatehq/mandate/keys"
 	"github.com/mandatehq/mandate/secret"
 	"github.com/mandatehq/mandate/storage"
+	"github.com/mandatehq/mandate/throttle"
 )
 
 // Options configure a Server. Store, Master and Issuer are required.
@@ -55,8 +56,14 @@ type Options struct {
 	// admins can decide them).
 	OIDC *consent.OIDCConfig
 	// Pprof serves /debug/pprof on the admin handler.
-	Pprof  bool
-	Logger *slog.Logger
+	Pprof bool
+	// AllowLoopbackJWKSURI lets clients' jwks_uri name loopback hosts, over http too
+	// (development). Private, link-local and other non-public addresses are refused always.
+	AllowLoopbackJWKSURI bool
+	// AuthFailures tunes how requests that fail client authentication are throttled per
+	// remote address and aggregated in the audit log (zero values: throttle's defaults).
+	AuthFailures throttle.Config
+	Logger       *slog.Logger
 }
 
 // Bounds of background work, which has no caller waiting but must not hang either.
@@ -149,7 +156,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	svc, err := exchange.New(exchange.Deps{
 		Store:    announcingStore{store}, // a grant request's approval creates a grant
 		Verifier: &envelope.Verifier{Issuer: o.Issuer},
-		KeySets:  exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{})),
+		KeySets:  exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{AllowLoopback: o.AllowLoopbackJWKSURI})),
 		Signer:   s.keys,
 		Logger:   o.Logger,
 	}, exchange.Config{Issuer: o.Issuer, CacheTTL: o.CacheTTL})
@@ -165,6 +172,9 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		Hasher:   hasher,
 		Logger:   o.Logger,
 		Ready:    s.Ready,
+
+		Throttle:          o.AuthFailures,
+		OnUnauthenticated: m.unauthenticated,
 	})
 	s.consent = consent.New(consent.Deps{
 		Issuer: o.Issuer, Store: store, Exchange: svc, OIDC: o.OIDC, Logger: o.Logger,
@@ -188,6 +198,8 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		// This replica drops it on commit; the others when the change feed tells them
 		// (changes.go), moments later.
 		OnChange: svc.Catalog().InvalidateAll,
+
+		AllowLoopbackJWKSURI: o.AllowLoopbackJWKSURI,
 	})
 	return s, nil
 }
@@ -224,10 +236,13 @@ func (s *Server) AdminHandler() http.Handler {
 }
 
 // Run does the background work until ctx ends: the key rotation loop, the watch on the
-// store's change feed, and the garbage collection of expired replay marks and issued-token
-// records.
+// store's change feed, the garbage collection of expired replay marks and issued-token
+// records, and the aggregated audit records of failed client authentications (written every
+// 10 s for the windows that closed, and for every open one when ctx ends: Run returns after
+// that).
 func (s *Server) Run(ctx context.Context) {
 	var wg sync.WaitGroup
+	wg.Go(func() { s.oauth.RunAuthFailureLog(ctx, 10*time.Second) })
 	wg.Go(func() {
 		if err := s.keys.Run(ctx); err != nil {
 			s.log.Error("key manager stopped", "err", err)

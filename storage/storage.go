@@ -38,6 +38,7 @@ type Store interface {
 	ConsentStore
 	SessionStore
 	ChangeFeed
+	MarkerStore
 
 	// InTx runs fn in one transaction. fn's error rolls it back and is returned as is.
 	// Transactions do not nest: calling InTx on a Store handed to fn runs fn in the same
@@ -148,6 +149,9 @@ type Client struct {
 	Disabled            bool
 	CreatedAt           time.Time
 	UpdatedAt           time.Time
+	// DisabledAt is when the client was last disabled (zero: never). Its tokens issued
+	// before then stay inactive, also once it is enabled again.
+	DisabledAt time.Time
 }
 
 // ClientStore keeps clients.
@@ -159,7 +163,16 @@ type ClientStore interface {
 	// UpdateClient loads the client, calls fn with it inside the transaction, and stores what
 	// fn left (UpdatedAt is set by the caller). fn's error aborts and is returned.
 	UpdateClient(ctx context.Context, id string, fn func(*Client) error) (*Client, error)
+	// DeleteClient removes the client. Its grants stay (GrantStore.RevokeGrantsOfClient):
+	// call that after DeleteClient, in the same transaction, so a grant created for the
+	// client meanwhile is revoked too.
 	DeleteClient(ctx context.Context, id string) error
+	// LockEnabledClientsWith returns, in id order, the ids of the enabled clients holding
+	// scope in AllowedScopes and grantType in GrantTypes. Inside InTx those clients stay
+	// locked until the transaction ends, so a check on the list ("is this the last admin
+	// client?") and the change it guards commit as one: of two transactions each removing
+	// one of the last two, the second sees the first's change.
+	LockEnabledClientsWith(ctx context.Context, scope, grantType string) ([]string, error)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,12 +294,18 @@ type GrantQuery struct {
 
 // GrantStore keeps delegation grants. Grants are never edited; they are revoked.
 type GrantStore interface {
+	// CreateGrant stores g: ErrNotFound when no client has g.ClientID (checked in the
+	// statement, against a client being deleted at the same time), ErrConflict when the id
+	// is taken.
 	CreateGrant(ctx context.Context, g *Grant) error
 	GetGrant(ctx context.Context, id string) (*Grant, error)
 	ListGrants(ctx context.Context, f GrantFilter) (items []Grant, next string, err error)
 	// RevokeGrant marks the grant revoked at `at`. ErrConflict when it already is; ErrNotFound
 	// when there is no such grant.
 	RevokeGrant(ctx context.Context, id, by, reason string, at time.Time) (*Grant, error)
+	// RevokeGrantsOfClient revokes every unrevoked grant of client clientID at `at` and says
+	// how many it revoked.
+	RevokeGrantsOfClient(ctx context.Context, clientID, by, reason string, at time.Time) (int64, error)
 	// FindActiveGrants returns every grant in force for q: not revoked, NotBefore <= Now <
 	// ExpiresAt, tenant and client equal, subject equal or "*", agent equal or unset.
 	FindActiveGrants(ctx context.Context, q GrantQuery) ([]Grant, error)
@@ -387,10 +406,20 @@ type IssuedToken struct {
 	RevokedAt time.Time // zero: not revoked
 }
 
-// TokenState is an issued token joined with the state of its grant.
+// TokenState is an issued token joined with the state of its grant and of its client, as
+// they are at the time of the read.
 type TokenState struct {
 	IssuedToken
 	GrantRevokedAt time.Time // zero when the grant is not revoked or there is none
+	// GrantMissing: the token names a grant that no longer exists.
+	GrantMissing bool
+	// ClientMissing: no client has the token's client id any more. Otherwise the client
+	// with that id now is described by the fields below (its CreatedAt after the token's
+	// IssuedAt means it is another client that took a deleted one's id).
+	ClientMissing    bool
+	ClientCreatedAt  time.Time
+	ClientDisabled   bool
+	ClientDisabledAt time.Time
 }
 
 // TokenStore reads issued tokens and keeps their revocations.
@@ -404,6 +433,21 @@ type TokenStore interface {
 	// DeleteExpiredTokens forgets the revocations of tokens that expired before now, and says
 	// how many. The issuances themselves stay: they are audit records.
 	DeleteExpiredTokens(ctx context.Context, now time.Time) (int64, error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Markers
+
+// MarkerBootstrap is set when the store's first admin client is created (SPEC §7).
+const MarkerBootstrap = "bootstrap"
+
+// MarkerStore keeps one-time facts about the store itself.
+type MarkerStore interface {
+	// SetMarker records name at `at`: ErrConflict when it is already set. Exactly one of
+	// any number of concurrent callers succeeds.
+	SetMarker(ctx context.Context, name string, at time.Time) error
+	// GetMarker returns when name was set; ErrNotFound when it never was.
+	GetMarker(ctx context.Context, name string) (time.Time, error)
 }
 
 // ---------------------------------------------------------------------------------------------

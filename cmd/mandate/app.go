@@ -11,6 +11,7 @@ import (
 	"github.com/mandatehq/mandate/consent"
 	"github.com/mandatehq/mandate/server"
 	"github.com/mandatehq/mandate/storage"
+	"github.com/mandatehq/mandate/throttle"
 )
 
 // app is the server on the store the configuration picked.
@@ -46,6 +47,8 @@ func newApp(ctx context.Context, cfg *config, log *slog.Logger, stdout io.Writer
 		DatabaseTimeout:      cfg.DatabaseTimeout,
 		BootstrapAdminSecret: cfg.BootstrapAdminSecret,
 		Pprof:                cfg.Pprof,
+		AllowLoopbackJWKSURI: cfg.AllowLoopbackJWKSURI,
+		AuthFailures:         authFailures(cfg),
 		Logger:               log,
 	})
 	if err != nil {
@@ -56,6 +59,15 @@ func newApp(ctx context.Context, cfg *config, log *slog.Logger, stdout io.Writer
 		printBootstrap(stdout, srv.BootstrapSecret)
 	}
 	return &app{Server: srv, store: store, storeKind: kind, log: log}, nil
+}
+
+// authFailures is the throttle's configuration; --auth-failure-burst 0 turns throttling off.
+func authFailures(cfg *config) throttle.Config {
+	burst := cfg.AuthFailureBurst
+	if burst == 0 {
+		burst = -1
+	}
+	return throttle.Config{Burst: burst, Interval: cfg.AuthFailureInterval, MaxAddresses: cfg.AuthFailureMaxAddresses}
 }
 
 func (a *app) close() {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mandatehq/mandate/server"
+	"github.com/mandatehq/mandate/throttle"
 )
 
 // config is everything serve needs, from flags and their MANDATE_* variables. Secrets come
@@ -34,6 +35,12 @@ type config struct {
 	OIDCIssuer       string
 	OIDCClientID     string
 	OIDCTenantClaim  string
+	// AllowLoopbackJWKSURI: development only.
+	AllowLoopbackJWKSURI bool
+	// Failed client authentications, per remote address.
+	AuthFailureBurst        int
+	AuthFailureInterval     time.Duration
+	AuthFailureMaxAddresses int
 
 	OIDCClientSecret     string // MANDATE_OIDC_CLIENT_SECRET (or MANDATE_OIDC_CLIENT_SECRET_FILE)
 	Secret               string // MANDATE_SECRET
@@ -143,6 +150,14 @@ func parseServeConfig(args []string, getenv func(string) string, stdout io.Write
 	fe.string(&c.OIDCIssuer, "oidc-issuer", "MANDATE_OIDC_ISSUER", "", "the organisation's OpenID Connect provider, for the consent pages (none: sign-in is off)")
 	fe.string(&c.OIDCClientID, "oidc-client-id", "MANDATE_OIDC_CLIENT_ID", "", "Mandate's client id at that provider (secret: MANDATE_OIDC_CLIENT_SECRET)")
 	fe.string(&c.OIDCTenantClaim, "oidc-tenant-claim", "MANDATE_OIDC_TENANT_CLAIM", "tenant", "the ID token claim naming the user's tenant")
+	fe.bool(&c.AllowLoopbackJWKSURI, "allow-loopback-jwks-uri", "MANDATE_ALLOW_LOOPBACK_JWKS_URI", false,
+		"development: let jwks_uri name loopback hosts, http:// too (never private or link-local ones)")
+	fe.int(&c.AuthFailureBurst, "auth-failure-burst", "MANDATE_AUTH_FAILURE_BURST", throttle.DefaultBurst,
+		"failed client authentications a remote address may make in a row before it is answered 429 (0: never throttle)")
+	fe.duration(&c.AuthFailureInterval, "auth-failure-interval", "MANDATE_AUTH_FAILURE_INTERVAL", throttle.DefaultInterval,
+		"a throttled address may try again once per interval")
+	fe.int(&c.AuthFailureMaxAddresses, "auth-failure-max-addresses", "MANDATE_AUTH_FAILURE_MAX_ADDRESSES", throttle.DefaultMaxAddresses,
+		"remote addresses tracked at once (IPv6 by /64), per replica")
 	if err := fe.parse(args, getenv); err != nil {
 		return nil, err
 	}
@@ -191,6 +206,15 @@ func (c *config) validate() error {
 	}
 	if c.KeyPublishAhead < 0 || c.KeyPublishAhead >= c.KeyRotation {
 		return usagef("invalid --key-publish-ahead (MANDATE_KEY_PUBLISH_AHEAD) %s: between 0 and --key-rotation", c.KeyPublishAhead)
+	}
+	if c.AuthFailureBurst < 0 {
+		return usagef("invalid --auth-failure-burst (MANDATE_AUTH_FAILURE_BURST) %d: 0 or more", c.AuthFailureBurst)
+	}
+	if c.AuthFailureInterval < time.Millisecond {
+		return usagef("invalid --auth-failure-interval (MANDATE_AUTH_FAILURE_INTERVAL) %s: at least 1ms", c.AuthFailureInterval)
+	}
+	if c.AuthFailureMaxAddresses < 1 {
+		return usagef("invalid --auth-failure-max-addresses (MANDATE_AUTH_FAILURE_MAX_ADDRESSES) %d: at least 1", c.AuthFailureMaxAddresses)
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return err

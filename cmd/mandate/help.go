@@ -28,6 +28,7 @@ var commands = []command{
 	{"explain", "would an exchange be granted, and why? (asks the admin API; changes nothing)"},
 	{"envelope", "keygen | mint: act as an MCP server from a shell (development)"},
 	{"bench", "provision, load and measure a running Mandate's token exchange"},
+	{"flood", "send requests that fail client authentication, to measure what they cost"},
 	{"healthcheck", "probe /readyz (for container health checks)"},
 	{"version", "print the version"},
 	{"help", "show this help, or a command's: mandate help <command>"},

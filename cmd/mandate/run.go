@@ -55,6 +55,8 @@ func dispatch(ctx context.Context, cmd string, args []string, getenv func(string
 		return runHealthcheck(ctx, args, stdout)
 	case "bench":
 		return runBench(ctx, args, getenv, stdout, stderr)
+	case "flood":
+		return runFlood(ctx, args, getenv, stdout, stderr)
 	case "envelope":
 		return runEnvelope(ctx, args, getenv, stdout)
 	case "version":

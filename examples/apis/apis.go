@@ -1,7 +1,8 @@
 // Package apis holds the demo's downstream APIs, an orders API and a billing API, built on
 // the downstream package: each verifies Mandate tokens for its own audience, checks the
-// scope its route needs, answers only for the user the token names, and records every
-// call it served (user, agent, mode, trace id) so the demo can show what the API saw.
+// scope its route needs, answers only for the user the token names (never for a service
+// actor, whose name could be anyone's user id), and records every call it served (user,
+// agent, mode, trace id) so the demo can show what the API saw.
 package apis
 
 import (
@@ -45,7 +46,7 @@ func (r *Recorder) add(api string, req *http.Request, p *downstream.Principal) {
 	defer r.mu.Unlock()
 	r.calls = append(r.calls, Call{
 		Time: time.Now(), API: api, Route: req.Pattern, User: p.User, Tenant: p.Tenant,
-		AgentID: p.AgentID, Mode: p.Mode, TraceID: p.TraceID, Header: req.Header.Get("traceparent"), ClientID: p.ClientID,
+		AgentID: p.Agent.Sub, Mode: p.Mode, TraceID: p.TraceID, Header: req.Header.Get("traceparent"), ClientID: p.ClientID,
 	})
 }
 
@@ -63,7 +64,10 @@ var balances = map[string]string{"acme/alice": "1250.00 EUR", "acme/bob": "-20.5
 // true, so a revoked grant stops it at once.
 func Orders(v *downstream.Verifier, online bool, rec *Recorder) http.Handler {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, _ := downstream.FromContext(r.Context())
+		p, ok := forUser(w, r)
+		if !ok {
+			return
+		}
 		rec.add("orders_api", r, p)
 		status, ok := orders[p.Tenant+"/"+p.User][r.PathValue("id")]
 		if !ok {
@@ -87,11 +91,26 @@ func Orders(v *downstream.Verifier, online bool, rec *Recorder) http.Handler {
 func Billing(v *downstream.Verifier, rec *Recorder) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /balance", v.Protect(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, _ := downstream.FromContext(r.Context())
+		p, ok := forUser(w, r)
+		if !ok {
+			return
+		}
 		rec.add("billing_api", r, p)
 		writeJSON(w, http.StatusOK, map[string]string{"user": p.User, "balance": balances[p.Tenant+"/"+p.User]})
 	}), "balance:read"))
 	return mux
+}
+
+// forUser returns the verified principal when the call is for a user, and answers 403
+// otherwise. These APIs hold users' data: a service actor (ActorType service) has no User,
+// and its name must never be looked up as one.
+func forUser(w http.ResponseWriter, r *http.Request) (*downstream.Principal, bool) {
+	p, ok := downstream.FromContext(r.Context())
+	if !ok || p.ActorType != downstream.ActorUser || p.User == "" {
+		writeJSON(w, http.StatusForbidden, map[string]string{"error": "this API answers for users only"})
+		return nil, false
+	}
+	return p, true
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

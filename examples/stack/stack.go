@@ -190,7 +190,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	dc := boundary.DelegatorConfig{Issuer: m.Issuer, ClientID: MCPClientID, Signer: signer}
+	// Each audience's token goes to that API's own URL and nowhere else.
+	dc := boundary.DelegatorConfig{Issuer: m.Issuer, ClientID: MCPClientID, Signer: signer,
+		Audiences: map[string][]string{OrdersAudience: {s.OrdersURL}, BillingAudience: {s.BillingURL}}}
 	if opts.PrivateKeyJWT {
 		dc.AssertionKey, dc.AssertionKeyID = assertKey, "mcp-client-auth-1"
 	} else {

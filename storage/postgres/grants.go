@@ -24,16 +24,32 @@ func scanGrant(r rowScanner) (*storage.Grant, error) {
 	return &g, nil
 }
 
-// CreateGrant implements storage.GrantStore.
+// CreateGrant implements storage.GrantStore in one statement. c share-locks the client row,
+// so a concurrent DeleteClient either commits first (c comes back empty: ErrNotFound) or
+// waits for this grant to commit, and then revokes it with the others.
 func (s *Store) CreateGrant(ctx context.Context, g *storage.Grant) error {
 	return s.write(ctx, func(q querier) error {
-		_, err := q.Exec(ctx, `INSERT INTO grants (`+grantCols+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
+		return notFoundUnlessChanged(q.Exec(ctx, `WITH c AS (
+				SELECT 1 FROM clients WHERE id = $4 FOR SHARE
+			)
+			INSERT INTO grants (`+grantCols+`)
+			SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 FROM c`,
 			g.ID, g.Tenant, g.Subject, g.ClientID, g.AgentID, list(g.Audiences), list(g.Scopes),
 			list(g.Modes), ts(g.NotBefore), ts(g.ExpiresAt), g.CreatedBy, ts(g.CreatedAt),
-			nullTS(g.RevokedAt), g.RevokedBy, g.RevokeReason)
+			nullTS(g.RevokedAt), g.RevokedBy, g.RevokeReason))
+	})
+}
+
+// RevokeGrantsOfClient implements storage.GrantStore; grants_client_id serves it.
+func (s *Store) RevokeGrantsOfClient(ctx context.Context, clientID, by, reason string, at time.Time) (int64, error) {
+	var n int64
+	err := s.write(ctx, func(q querier) error {
+		tag, err := q.Exec(ctx, `UPDATE grants SET revoked_at = $2, revoked_by = $3, revoke_reason = $4
+			WHERE client_id = $1 AND revoked_at IS NULL`, clientID, ts(at), by, reason)
+		n = tag.RowsAffected()
 		return mapErr(err)
 	})
+	return n, err
 }
 
 // GetGrant implements storage.GrantStore.

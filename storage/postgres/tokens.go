@@ -7,19 +7,22 @@ import (
 	"github.com/mandatehq/mandate/storage"
 )
 
-// GetTokenState implements storage.TokenStore: the issuance, its revocation and its grant's
-// in one read. grant_id has no foreign key, so a grant that is gone reads as not revoked; the
-// token's own expiry bounds that case.
+// GetTokenState implements storage.TokenStore: the issuance, its revocation, its grant's and
+// its client's state in one read.
 func (s *Store) GetTokenState(ctx context.Context, jti string) (*storage.TokenState, error) {
 	var t storage.TokenState
 	err := s.db.QueryRow(ctx, `SELECT a.token_jti, a.client_id, a.audience, a.grant_id, a.time,
-		a.token_expires_at, r.revoked_at, g.revoked_at
+		a.token_expires_at, r.revoked_at, g.revoked_at,
+		a.grant_id <> '' AND g.id IS NULL, c.id IS NULL, c.created_at, coalesce(c.disabled, false),
+		c.disabled_at
 		FROM audit_log a
 		LEFT JOIN token_revocations r ON r.jti = a.token_jti
 		LEFT JOIN grants g ON a.grant_id <> '' AND g.id = a.grant_id
+		LEFT JOIN clients c ON c.id = a.client_id
 		WHERE a.token_jti = $1 AND a.token_expires_at IS NOT NULL`, jti).Scan(&t.JTI, &t.ClientID,
 		&t.Audience, &t.GrantID, timeCol{&t.IssuedAt}, timeCol{&t.ExpiresAt}, timeCol{&t.RevokedAt},
-		timeCol{&t.GrantRevokedAt})
+		timeCol{&t.GrantRevokedAt}, &t.GrantMissing, &t.ClientMissing, timeCol{&t.ClientCreatedAt},
+		&t.ClientDisabled, timeCol{&t.ClientDisabledAt})
 	if err != nil {
 		return nil, mapErr(err)
 	}

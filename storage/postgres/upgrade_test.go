@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -83,4 +84,50 @@ func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
 	if _, err := s.GetTokenState(ctx, "t6"); err != nil {
 		t.Errorf("t6 after Down and Up: %v", err)
 	}
+}
+
+// Migration 4: grants outlive their client, bootstrap is remembered, and a token whose grant
+// and client version 3 deleted reads as such.
+func TestUpgradeFromV3(t *testing.T) {
+	url := testURL(t)
+	ctx := t.Context()
+	s, err := Open(ctx, url, Options{MaxConns: testPoolSize, Schema: freshSchema(t, url)})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	p, err := s.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	migrate := func(what string, fn func() error) {
+		t.Helper()
+		migrateMu.Lock()
+		defer migrateMu.Unlock()
+		if err := fn(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	migrate("UpTo 3", func() error { _, err := p.UpTo(ctx, 3); return err })
+	now := time.Now().UTC().Truncate(time.Second)
+	for _, q := range []string{
+		`INSERT INTO clients (id, created_at, updated_at) VALUES ('c1', $1, $1)`,
+		`INSERT INTO grants (id, tenant, subject, client_id, audiences, not_before, expires_at, created_at)
+			VALUES ('g1', 'acme', '*', 'c1', '{orders}', $1, $2, $1)`,
+		`INSERT INTO audit_log (id, time, event, outcome, client_id) VALUES ('evt_b', $1, 'admin.bootstrap', 'granted', 'mandate-admin')`,
+		`INSERT INTO audit_log (id, time, event, outcome, client_id, audience, token_jti, grant_id, token_expires_at)
+			VALUES ('evt_9', $1, 'token_exchange', 'granted', 'c2', 'orders', 't9', 'g2', $2)`,
+	} {
+		args := []any{now.Add(-time.Hour), now.Add(5 * time.Minute)}
+		if !strings.Contains(q, "$2") {
+			args = args[:1]
+		}
+		if _, err := s.pool.Exec(ctx, q, args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	migrate("Up", func() error { _, err := p.Up(ctx); return err })
+	storagetest.CheckUpgradeFromV3(t, s)
+	migrate("DownTo 3", func() error { _, err := p.DownTo(ctx, 3); return err })
+	migrate("Up again", func() error { _, err := p.Up(ctx); return err })
 }

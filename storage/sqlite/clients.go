@@ -10,7 +10,7 @@ import (
 const clientCols = `id, name, token_endpoint_auth_method, secret_hash, previous_secret_hash,
 	previous_secret_expires_at, jwks, jwks_uri, grant_types, allowed_tenants, allowed_audiences,
 	allowed_scopes, allowed_modes, max_envelope_lifetime_seconds, max_token_ttl_seconds, disabled,
-	created_at, updated_at, service_actors`
+	created_at, updated_at, service_actors, disabled_at`
 
 type rowScanner interface{ Scan(dest ...any) error }
 
@@ -21,7 +21,7 @@ func scanClient(r rowScanner) (*storage.Client, error) {
 		&c.JWKSURI, listCol{&c.GrantTypes}, listCol{&c.AllowedTenants}, listCol{&c.AllowedAudiences},
 		listCol{&c.AllowedScopes}, listCol{&c.AllowedModes}, secondsCol{&c.MaxEnvelopeLifetime},
 		secondsCol{&c.MaxTokenTTL}, &c.Disabled, timeCol{&c.CreatedAt}, timeCol{&c.UpdatedAt},
-		listCol{&c.ServiceActors})
+		listCol{&c.ServiceActors}, timeCol{&c.DisabledAt})
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -35,13 +35,13 @@ func clientArgs(c *storage.Client) []any {
 		c.JWKSURI, list(c.GrantTypes), list(c.AllowedTenants), list(c.AllowedAudiences),
 		list(c.AllowedScopes), list(c.AllowedModes), seconds(c.MaxEnvelopeLifetime),
 		seconds(c.MaxTokenTTL), c.Disabled, micros(c.CreatedAt), micros(c.UpdatedAt),
-		list(c.ServiceActors)}
+		list(c.ServiceActors), nullMicros(c.DisabledAt)}
 }
 
 // CreateClient implements storage.ClientStore.
 func (s *Store) CreateClient(ctx context.Context, c *storage.Client) error {
 	_, err := s.writer().ExecContext(ctx, `INSERT INTO clients (`+clientCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, clientArgs(c)...)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, clientArgs(c)...)
 	return mapErr(err)
 }
 
@@ -93,7 +93,7 @@ func (s *Store) UpdateClient(ctx context.Context, id string, fn func(*storage.Cl
 			previous_secret_expires_at = ?, jwks = ?, jwks_uri = ?, grant_types = ?,
 			allowed_tenants = ?, allowed_audiences = ?, allowed_scopes = ?, allowed_modes = ?,
 			max_envelope_lifetime_seconds = ?, max_token_ttl_seconds = ?, disabled = ?,
-			created_at = ?, updated_at = ?, service_actors = ?
+			created_at = ?, updated_at = ?, service_actors = ?, disabled_at = ?
 			WHERE id = ? RETURNING `+clientCols, append(args[1:], id)...))
 		return err
 	})
@@ -103,9 +103,33 @@ func (s *Store) UpdateClient(ctx context.Context, id string, fn func(*storage.Cl
 	return out, nil
 }
 
-// DeleteClient implements storage.ClientStore. The client's grants go with it.
+// DeleteClient implements storage.ClientStore.
 func (s *Store) DeleteClient(ctx context.Context, id string) error {
 	return notFoundUnlessChanged(s.writer().ExecContext(ctx, `DELETE FROM clients WHERE id = ?`, id))
+}
+
+// LockEnabledClientsWith implements storage.ClientStore. Every write transaction holds the
+// one write lock from its first statement (BEGIN IMMEDIATE), so inside InTx the list cannot
+// change before the transaction ends.
+func (s *Store) LockEnabledClientsWith(ctx context.Context, scope, grantType string) ([]string, error) {
+	rows, err := s.reader().QueryContext(ctx, `SELECT id FROM clients
+		WHERE disabled = 0
+		AND EXISTS (SELECT 1 FROM json_each(clients.allowed_scopes) WHERE value = ?)
+		AND EXISTS (SELECT 1 FROM json_each(clients.grant_types) WHERE value = ?)
+		ORDER BY id`, scope, grantType)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, mapErr(err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, mapErr(rows.Err())
 }
 
 // collect scans every row with scan and closes rows.

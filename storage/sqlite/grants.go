@@ -25,14 +25,26 @@ func scanGrant(r rowScanner) (*storage.Grant, error) {
 	return &g, nil
 }
 
-// CreateGrant implements storage.GrantStore.
+// CreateGrant implements storage.GrantStore. Writes are serialized, so the client checked
+// here cannot be deleted before the grant commits.
 func (s *Store) CreateGrant(ctx context.Context, g *storage.Grant) error {
-	_, err := s.writer().ExecContext(ctx, `INSERT INTO grants (`+grantCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	return notFoundUnlessChanged(s.writer().ExecContext(ctx, `INSERT INTO grants (`+grantCols+`)
+		SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+		WHERE EXISTS (SELECT 1 FROM clients WHERE id = ?)`,
 		g.ID, g.Tenant, g.Subject, g.ClientID, g.AgentID, list(g.Audiences), list(g.Scopes),
 		list(g.Modes), micros(g.NotBefore), micros(g.ExpiresAt), g.CreatedBy, micros(g.CreatedAt),
-		nullMicros(g.RevokedAt), g.RevokedBy, g.RevokeReason)
-	return mapErr(err)
+		nullMicros(g.RevokedAt), g.RevokedBy, g.RevokeReason, g.ClientID))
+}
+
+// RevokeGrantsOfClient implements storage.GrantStore; grants_client_id serves it.
+func (s *Store) RevokeGrantsOfClient(ctx context.Context, clientID, by, reason string, at time.Time) (int64, error) {
+	res, err := s.writer().ExecContext(ctx, `UPDATE grants SET revoked_at = ?, revoked_by = ?, revoke_reason = ?
+		WHERE client_id = ? AND revoked_at IS NULL`, micros(at), by, reason, clientID)
+	if err != nil {
+		return 0, mapErr(err)
+	}
+	n, err := res.RowsAffected()
+	return n, mapErr(err)
 }
 
 // GetGrant implements storage.GrantStore.

@@ -20,7 +20,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"time"
@@ -73,6 +75,9 @@ func Open(ctx context.Context, path string) (*Store, error) {
 // connection its own empty database.
 func OpenWith(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := checkPath(path); err != nil {
+		return nil, err
+	}
+	if err := createOwnerOnly(path); err != nil {
 		return nil, err
 	}
 	busy := opts.BusyTimeout
@@ -130,6 +135,21 @@ func checkPath(path string) error {
 		return fmt.Errorf("storage/sqlite: give a plain file path, not a URI: %q", path)
 	}
 	return nil
+}
+
+// createOwnerOnly creates the database file, empty, with mode 0600 when it does not exist:
+// it holds client-secret hashes and sealed signing keys, and SQLite would create it with the
+// process umask (0644 is common). SQLite gives its -wal and -shm files the database file's
+// mode, so they follow. An existing file's mode is the operator's and is left alone.
+func createOwnerOnly(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case errors.Is(err, fs.ErrExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("storage/sqlite: create %s: %w", path, err)
+	}
+	return f.Close()
 }
 
 func writeParams(busyMS int64) url.Values {

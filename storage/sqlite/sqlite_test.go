@@ -188,6 +188,27 @@ func BenchmarkRecordIssuance(b *testing.B) {
 	}
 }
 
+// The database holds client-secret hashes and sealed signing keys: like the secret file
+// beside it, it and its WAL files are readable by their owner only, whatever the umask.
+func TestNewFileIsOwnerOnly(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mandate.db")
+	s := open(t, path)
+	now := time.Now()
+	// A write, so the WAL and its index exist too.
+	if err := s.CreateClient(t.Context(), &storage.Client{ID: "c", CreatedAt: now, UpdatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatalf("stat %s: %v", p, err)
+		}
+		if perm := st.Mode().Perm(); perm&0o077 != 0 {
+			t.Errorf("%s has mode %#o, want no access for group and others (0600)", filepath.Base(p), perm)
+		}
+	}
+}
+
 // A lone process hears nothing of its own commits (readers included): otherwise every poll
 // would drop the server's caches for nothing.
 func TestChangeFeedIgnoresOwnCommits(t *testing.T) {

@@ -76,3 +76,36 @@ func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
 		t.Errorf("t6 after Down and Up: %v", err)
 	}
 }
+
+// Migration 4: grants outlive their client, bootstrap is remembered, and a token whose grant
+// and client version 3 deleted reads as such.
+func TestUpgradeFromV3(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "m.db")
+	db, p := rawProvider(t, path)
+	if _, err := p.UpTo(ctx, 3); err != nil {
+		t.Fatalf("UpTo 3: %v", err)
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	us := func(d time.Duration) int64 { return now.Add(d).UnixMicro() }
+	for _, q := range []string{
+		`INSERT INTO clients (id, created_at, updated_at) VALUES ('c1', ?1, ?1)`,
+		`INSERT INTO grants (id, tenant, subject, client_id, audiences, not_before, expires_at, created_at)
+			VALUES ('g1', 'acme', '*', 'c1', '["orders"]', ?1, ?2, ?1)`,
+		`INSERT INTO audit_log (id, time, event, outcome, client_id) VALUES ('evt_b', ?1, 'admin.bootstrap', 'granted', 'mandate-admin')`,
+		`INSERT INTO audit_log (id, time, event, outcome, client_id, audience, token_jti, grant_id, token_expires_at)
+			VALUES ('evt_9', ?1, 'token_exchange', 'granted', 'c2', 'orders', 't9', 'g2', ?2)`,
+	} {
+		if _, err := db.ExecContext(ctx, q, us(-time.Hour), us(5*time.Minute)); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s := open(t, path) // migrates up
+	storagetest.CheckUpgradeFromV3(t, s)
+	if _, err := p.DownTo(ctx, 3); err != nil {
+		t.Fatalf("DownTo 3: %v", err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		t.Fatalf("Up again: %v", err)
+	}
+}

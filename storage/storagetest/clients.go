@@ -19,6 +19,8 @@ var clientCases = []testCase{
 	{"UpdateFnErrorAborts", testClientUpdateFnError},
 	{"ListPagination", testClientPagination},
 	{"ConcurrentUpdatesLoseNothing", testClientConcurrentUpdates},
+	{"LockEnabledClientsWith", testLockEnabledClientsWith},
+	{"LastOfALockedListIsKept", testLockEnabledClientsRace},
 }
 
 // fullClient sets every field, so a column a backend forgets to write or read shows.
@@ -44,6 +46,7 @@ func fullClient(id string, now time.Time) *storage.Client {
 		Disabled:            true,
 		CreatedAt:           now,
 		UpdatedAt:           now.Add(time.Second),
+		DisabledAt:          now.Add(time.Second),
 	}
 }
 
@@ -73,6 +76,7 @@ func testClientCRUD(t *testing.T, s storage.Store) {
 	want.PreviousSecretExpiresAt = time.Time{}
 	want.JWKS = nil
 	want.MaxTokenTTL = 0
+	want.DisabledAt = time.Time{}
 	want.UpdatedAt = later
 	updated, err := s.UpdateClient(ctx, "cli_a", func(c *storage.Client) error {
 		checkEqual(t, "client handed to UpdateClient's fn", c, fullClient("cli_a", now))
@@ -85,6 +89,7 @@ func testClientCRUD(t *testing.T, s storage.Store) {
 		c.PreviousSecretExpiresAt = time.Time{}
 		c.JWKS = nil
 		c.MaxTokenTTL = 0
+		c.DisabledAt = time.Time{}
 		c.UpdatedAt = later
 		return nil
 	})
@@ -229,4 +234,98 @@ func clientIDs(items []storage.Client) []string {
 		ids = append(ids, c.ID)
 	}
 	return ids
+}
+
+const (
+	lockScope = "mandate:admin"
+	lockGrant = "client_credentials"
+)
+
+// adminLike is a client LockEnabledClientsWith(lockScope, lockGrant) lists unless edit
+// changes that.
+func adminLike(id string, now time.Time, edit func(*storage.Client)) *storage.Client {
+	c := &storage.Client{ID: id, GrantTypes: []string{"urn:ietf:params:oauth:grant-type:token-exchange", lockGrant},
+		AllowedScopes: []string{"other", lockScope}, CreatedAt: now, UpdatedAt: now}
+	if edit != nil {
+		edit(c)
+	}
+	return c
+}
+
+func testLockEnabledClientsWith(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	for _, c := range []*storage.Client{
+		adminLike("cli_c", now, nil),
+		adminLike("cli_a", now, nil),
+		adminLike("cli_disabled", now, func(c *storage.Client) { c.Disabled = true }),
+		adminLike("cli_no_grant", now, func(c *storage.Client) { c.GrantTypes = []string{"urn:ietf:params:oauth:grant-type:token-exchange"} }),
+		adminLike("cli_no_scope", now, func(c *storage.Client) { c.AllowedScopes = []string{"mandate:admin:read"} }),
+		// A scope that merely contains the one asked for does not count.
+		adminLike("cli_prefix", now, func(c *storage.Client) { c.AllowedScopes = []string{"mandate:admin:x"} }),
+	} {
+		mustDo(t, s.CreateClient(ctx, c), "CreateClient "+c.ID)
+	}
+	ids, err := s.LockEnabledClientsWith(ctx, lockScope, lockGrant)
+	mustDo(t, err, "LockEnabledClientsWith")
+	wantIDs(t, "LockEnabledClientsWith", ids, []string{"cli_a", "cli_c"})
+	err = s.InTx(ctx, func(tx storage.Store) error {
+		ids, err := tx.LockEnabledClientsWith(ctx, lockScope, lockGrant)
+		wantIDs(t, "LockEnabledClientsWith inside InTx", ids, []string{"cli_a", "cli_c"})
+		return err
+	})
+	mustDo(t, err, "InTx")
+	ids, err = s.LockEnabledClientsWith(ctx, "nobody:holds", lockGrant)
+	mustDo(t, err, "LockEnabledClientsWith of a scope nobody holds")
+	wantIDs(t, "LockEnabledClientsWith of a scope nobody holds", ids, nil)
+}
+
+var errLastOne = errors.New("the last one")
+
+// Two transactions each remove one of the last two clients of the list, after checking that
+// another remains: exactly one may succeed, or the store would be left with none.
+func testLockEnabledClientsRace(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	mustDo(t, s.CreateClient(ctx, adminLike("cli_1", now, nil)), "CreateClient cli_1")
+	mustDo(t, s.CreateClient(ctx, adminLike("cli_2", now, nil)), "CreateClient cli_2")
+	remove := func(id string, locked chan<- struct{}, hold time.Duration, del bool) error {
+		return s.InTx(ctx, func(tx storage.Store) error {
+			ids, err := tx.LockEnabledClientsWith(ctx, lockScope, lockGrant)
+			if err != nil {
+				return err
+			}
+			if locked != nil {
+				close(locked)
+			}
+			time.Sleep(hold) // the other transaction reaches its own check meanwhile
+			if !slices.Contains(ids, id) || len(ids) < 2 {
+				return errLastOne
+			}
+			if del {
+				return tx.DeleteClient(ctx, id)
+			}
+			_, err = tx.UpdateClient(ctx, id, func(c *storage.Client) error { c.Disabled = true; return nil })
+			return err
+		})
+	}
+	for _, del := range []bool{true, false} {
+		if !del {
+			// Again, disabling instead of deleting.
+			mustDo(t, s.CreateClient(ctx, adminLike("cli_1", now, nil)), "CreateClient cli_1 again")
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		locked := make(chan struct{})
+		wg.Go(func() { errs[0] = remove("cli_1", locked, 300*time.Millisecond, del) })
+		<-locked
+		wg.Go(func() { errs[1] = remove("cli_2", nil, 0, del) })
+		wg.Wait()
+		if errs[0] != nil || !errors.Is(errs[1], errLastOne) {
+			t.Fatalf("delete=%v: the first removal got %v, the second %v; want success, then %v", del, errs[0], errs[1], errLastOne)
+		}
+		ids, err := s.LockEnabledClientsWith(ctx, lockScope, lockGrant)
+		mustDo(t, err, "LockEnabledClientsWith")
+		wantIDs(t, fmt.Sprintf("delete=%v: clients left", del), ids, []string{"cli_2"})
+	}
 }

@@ -14,6 +14,8 @@ var grantCases = []testCase{
 	{"ListFilters", testGrantListFilters},
 	{"ListPagination", testGrantPagination},
 	{"FindActiveGrants", testFindActiveGrants},
+	{"OutliveTheirClient", testGrantsOutliveTheirClient},
+	{"CreateForAMissingClient", testGrantForMissingClient},
 }
 
 // grantSpec describes a fixture grant relative to now; zero fields take the defaults below.
@@ -115,12 +117,68 @@ func testGrantCRUD(t *testing.T, s storage.Store) {
 	wantErr(t, err, storage.ErrNotFound, "RevokeGrant of a missing id")
 	_, err = s.GetGrant(ctx, "grt_missing")
 	wantErr(t, err, storage.ErrNotFound, "GetGrant of a missing id")
+}
 
-	// A grant dies with its client.
-	mustDo(t, s.CreateGrant(ctx, makeGrant("grt_2", now, grantSpec{})), "CreateGrant grt_2")
-	mustDo(t, s.DeleteClient(ctx, "cli_1"), "DeleteClient")
-	_, err = s.GetGrant(ctx, "grt_2")
-	wantErr(t, err, storage.ErrNotFound, "GetGrant after its client was deleted")
+// Deleting a client leaves its grants for the audit trail, and RevokeGrantsOfClient revokes
+// the ones still unrevoked, of that client only, once.
+func testGrantsOutliveTheirClient(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	withClients(t, s, now, "cli_1", "cli_2")
+	mustDo(t, s.CreateGrant(ctx, makeGrant("grt_1", now, grantSpec{})), "CreateGrant grt_1")
+	mustDo(t, s.CreateGrant(ctx, makeGrant("grt_2", now, grantSpec{expiresIn: -time.Minute})), "CreateGrant grt_2")
+	mustDo(t, s.CreateGrant(ctx, makeGrant("grt_3", now, grantSpec{revoked: true})), "CreateGrant grt_3")
+	mustDo(t, s.CreateGrant(ctx, makeGrant("grt_4", now, grantSpec{client: "cli_2"})), "CreateGrant grt_4")
+	before, err := s.GetGrant(ctx, "grt_3")
+	mustDo(t, err, "GetGrant grt_3")
+
+	at := now.Add(time.Minute).In(zone)
+	err = s.InTx(ctx, func(tx storage.Store) error {
+		if err := tx.DeleteClient(ctx, "cli_1"); err != nil {
+			return err
+		}
+		n, err := tx.RevokeGrantsOfClient(ctx, "cli_1", "admin_1", "client_deleted", at)
+		if n != 2 {
+			t.Errorf("RevokeGrantsOfClient revoked %d grants, want 2 (grt_1 and the expired grt_2)", n)
+		}
+		return err
+	})
+	mustDo(t, err, "DeleteClient and RevokeGrantsOfClient")
+	for _, id := range []string{"grt_1", "grt_2"} {
+		g, err := s.GetGrant(ctx, id)
+		mustDo(t, err, "GetGrant "+id+" after its client was deleted")
+		if !g.RevokedAt.Equal(at) || g.RevokedBy != "admin_1" || g.RevokeReason != "client_deleted" {
+			t.Errorf("%s after its client was deleted: revoked %s by %q for %q", id, fmtTime(g.RevokedAt), g.RevokedBy, g.RevokeReason)
+		}
+	}
+	after, err := s.GetGrant(ctx, "grt_3")
+	mustDo(t, err, "GetGrant grt_3")
+	checkEqual(t, "a grant revoked before its client was deleted", after, before)
+	other, err := s.GetGrant(ctx, "grt_4")
+	mustDo(t, err, "GetGrant grt_4")
+	if !other.RevokedAt.IsZero() {
+		t.Errorf("another client's grant was revoked")
+	}
+	n, err := s.RevokeGrantsOfClient(ctx, "cli_1", "admin_1", "client_deleted", at.Add(time.Hour))
+	mustDo(t, err, "RevokeGrantsOfClient again")
+	if n != 0 {
+		t.Errorf("RevokeGrantsOfClient again revoked %d grants, want 0", n)
+	}
+	items, _, err := s.ListGrants(ctx, storage.GrantFilter{ClientID: "cli_1", Now: now})
+	mustDo(t, err, "ListGrants of the deleted client")
+	if len(items) != 3 {
+		t.Errorf("ListGrants of the deleted client: %d grants, want 3", len(items))
+	}
+}
+
+// A grant names an existing client: without one CreateGrant is ErrNotFound and writes nothing.
+func testGrantForMissingClient(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	wantErr(t, s.CreateGrant(ctx, makeGrant("grt_1", now, grantSpec{client: "cli_missing"})), storage.ErrNotFound,
+		"CreateGrant for a missing client")
+	_, err := s.GetGrant(ctx, "grt_1")
+	wantErr(t, err, storage.ErrNotFound, "GetGrant of a grant refused for its client")
 }
 
 func testGrantListFilters(t *testing.T, s storage.Store) {

@@ -69,6 +69,50 @@ var miscCases = []testCase{
 		}
 	}},
 	{"TimesComeBackUTCWithMicroseconds", testTimeRoundTrip},
+	{"MarkersAreSetOnce", testMarkers},
+}
+
+func testMarkers(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	_, err := s.GetMarker(ctx, storage.MarkerBootstrap)
+	wantErr(t, err, storage.ErrNotFound, "GetMarker on a fresh store")
+	// Of concurrent setters exactly one wins; inside a transaction too.
+	const n = 8
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			errs <- s.InTx(ctx, func(tx storage.Store) error { return tx.SetMarker(ctx, storage.MarkerBootstrap, now) })
+		}()
+	}
+	won := 0
+	for range n {
+		switch err := <-errs; {
+		case err == nil:
+			won++
+		case !errors.Is(err, storage.ErrConflict):
+			t.Errorf("SetMarker lost with %v, want ErrConflict", err)
+		}
+	}
+	if won != 1 {
+		t.Errorf("%d concurrent SetMarker calls succeeded, want 1", won)
+	}
+	at, err := s.GetMarker(ctx, storage.MarkerBootstrap)
+	mustDo(t, err, "GetMarker")
+	if !at.Equal(now) || at.Location() != time.UTC {
+		t.Errorf("GetMarker = %s, want %s in UTC", fmtTime(at), fmtTime(now))
+	}
+	// A rolled-back SetMarker leaves nothing.
+	errAbort := errors.New("abort")
+	err = s.InTx(ctx, func(tx storage.Store) error {
+		if err := tx.SetMarker(ctx, "other", now); err != nil {
+			return err
+		}
+		return errAbort
+	})
+	wantErr(t, err, errAbort, "InTx")
+	_, err = s.GetMarker(ctx, "other")
+	wantErr(t, err, storage.ErrNotFound, "GetMarker of a rolled-back marker")
 }
 
 // ---------------------------------------------------------------------------------------------

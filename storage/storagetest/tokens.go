@@ -16,6 +16,7 @@ var tokenCases = []testCase{
 	{"RecordIssuanceRevokedGrant", testRecordIssuanceRevokedGrant},
 	{"ConcurrentRecordIssuanceOneWinner", testRecordIssuanceRace},
 	{"TokenStateFollowsGrant", testTokenStateGrant},
+	{"TokenStateFollowsClient", testTokenStateClient},
 	{"RevokeToken", testRevokeToken},
 	{"DeleteExpiredTokens", testDeleteExpiredTokens},
 }
@@ -55,6 +56,28 @@ func tokenOf(iss storage.Issuance) storage.IssuedToken {
 	a := iss.Audit
 	return storage.IssuedToken{JTI: a.TokenJTI, ClientID: a.ClientID, Audience: a.Audience,
 		GrantID: a.GrantID, IssuedAt: a.Time, ExpiresAt: iss.TokenExpiresAt}
+}
+
+// stateOf is what GetTokenState must read for iss while nothing was revoked: the token, and
+// its client as GetClient reads it now.
+func stateOf(t *testing.T, s storage.Store, iss storage.Issuance) *storage.TokenState {
+	t.Helper()
+	st := &storage.TokenState{IssuedToken: tokenOf(iss)}
+	c, err := s.GetClient(t.Context(), iss.Audit.ClientID)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		st.ClientMissing = true
+	case err != nil:
+		t.Fatalf("GetClient %s: %v", iss.Audit.ClientID, err)
+	default:
+		st.ClientCreatedAt, st.ClientDisabled, st.ClientDisabledAt = c.CreatedAt, c.Disabled, c.DisabledAt
+	}
+	return st
+}
+
+func withGrantRevokedAt(st *storage.TokenState, at time.Time) *storage.TokenState {
+	st.GrantRevokedAt = at
+	return st
 }
 
 // wantNoIssuance checks that nothing of a failed issuance was written.
@@ -102,7 +125,7 @@ func testRecordIssuance(t *testing.T, s storage.Store) {
 	wantKeyUsed(t, s, "eie|cli_1|env_1|billing_api", false, "another audience's key")
 	st, err := s.GetTokenState(ctx, "jti_1")
 	mustDo(t, err, "GetTokenState")
-	checkEqual(t, "token state after RecordIssuance", st, &storage.TokenState{IssuedToken: tokenOf(iss)})
+	checkEqual(t, "token state after RecordIssuance", st, stateOf(t, s, iss))
 	items, _, err := s.ListAudit(ctx, storage.AuditFilter{TraceID: iss.Audit.TraceID})
 	mustDo(t, err, "ListAudit")
 	if len(items) != 1 {
@@ -142,7 +165,7 @@ func testRecordIssuance(t *testing.T, s storage.Store) {
 		mustDo(t, s.RecordIssuance(ctx, cc), "RecordIssuance without replay key or grant")
 		st, err = s.GetTokenState(ctx, jti)
 		mustDo(t, err, "GetTokenState "+jti)
-		checkEqual(t, "token state without a grant", st, &storage.TokenState{IssuedToken: tokenOf(cc)})
+		checkEqual(t, "token state without a grant", st, stateOf(t, s, cc))
 	}
 	wantKeyUsed(t, s, "", false, "the empty key, after issuances without one")
 
@@ -152,7 +175,7 @@ func testRecordIssuance(t *testing.T, s storage.Store) {
 	mustDo(t, s.AppendAudit(ctx, &other), "AppendAudit of a record naming an issued token")
 	st, err = s.GetTokenState(ctx, "jti_1")
 	mustDo(t, err, "GetTokenState after another record named the token")
-	checkEqual(t, "token state after another record named the token", st, &storage.TokenState{IssuedToken: tokenOf(iss)})
+	checkEqual(t, "token state after another record named the token", st, stateOf(t, s, iss))
 	mustDo(t, s.AppendAudit(ctx, &storage.AuditRecord{ID: "evt_x", Time: now, Event: "revoke",
 		Outcome: storage.OutcomeDenied, TokenJTI: "jti_unknown"}), "AppendAudit naming an unknown token")
 	_, err = s.GetTokenState(ctx, "jti_unknown")
@@ -260,13 +283,48 @@ func testTokenStateGrant(t *testing.T, s storage.Store) {
 	st, err := s.GetTokenState(ctx, "jti_1")
 	mustDo(t, err, "GetTokenState jti_1")
 	checkEqual(t, "state of a token whose grant was revoked", st,
-		&storage.TokenState{IssuedToken: tokenOf(iss1), GrantRevokedAt: at})
+		withGrantRevokedAt(stateOf(t, s, iss1), at))
 	st, err = s.GetTokenState(ctx, "jti_2")
 	mustDo(t, err, "GetTokenState jti_2")
-	checkEqual(t, "state of a token of another grant", st, &storage.TokenState{IssuedToken: tokenOf(iss2)})
+	checkEqual(t, "state of a token of another grant", st, stateOf(t, s, iss2))
 
 	_, err = s.GetTokenState(ctx, "jti_missing")
 	wantErr(t, err, storage.ErrNotFound, "GetTokenState of an unknown jti")
+}
+
+// GetTokenState reads the client a token was issued to as it is now: disabled (and since
+// when), deleted, or replaced by a new client with the same id.
+func testTokenStateClient(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	withClients(t, s, now.Add(-time.Hour), "cli_1")
+	iss := makeIssuance("jti_1", "", "", now)
+	mustDo(t, s.RecordIssuance(ctx, iss), "RecordIssuance")
+	state := func(what string) *storage.TokenState {
+		t.Helper()
+		st, err := s.GetTokenState(ctx, "jti_1")
+		mustDo(t, err, "GetTokenState "+what)
+		return st
+	}
+	want := &storage.TokenState{IssuedToken: tokenOf(iss), ClientCreatedAt: now.Add(-time.Hour)}
+	checkEqual(t, "token of an enabled client", state("of an enabled client"), want)
+
+	disabledAt := now.Add(time.Minute).In(zone)
+	_, err := s.UpdateClient(ctx, "cli_1", func(c *storage.Client) error {
+		c.Disabled, c.DisabledAt = true, disabledAt
+		return nil
+	})
+	mustDo(t, err, "UpdateClient (disable)")
+	want.ClientDisabled, want.ClientDisabledAt = true, disabledAt
+	checkEqual(t, "token of a disabled client", state("of a disabled client"), want)
+
+	mustDo(t, s.DeleteClient(ctx, "cli_1"), "DeleteClient")
+	checkEqual(t, "token of a deleted client", state("of a deleted client"),
+		&storage.TokenState{IssuedToken: tokenOf(iss), ClientMissing: true})
+
+	withClients(t, s, now.Add(time.Hour), "cli_1")
+	checkEqual(t, "token of a client whose id was taken again", state("after the id was taken again"),
+		&storage.TokenState{IssuedToken: tokenOf(iss), ClientCreatedAt: now.Add(time.Hour)})
 }
 
 func testRevokeToken(t *testing.T, s storage.Store) {
@@ -279,7 +337,7 @@ func testRevokeToken(t *testing.T, s storage.Store) {
 
 	at := now.Add(time.Minute).In(zone)
 	mustDo(t, s.RevokeToken(ctx, "jti_1", at), "RevokeToken")
-	want := &storage.TokenState{IssuedToken: tokenOf(iss)}
+	want := stateOf(t, s, iss)
 	want.RevokedAt = at
 	st, err := s.GetTokenState(ctx, "jti_1")
 	mustDo(t, err, "GetTokenState")
@@ -292,7 +350,7 @@ func testRevokeToken(t *testing.T, s storage.Store) {
 
 	st, err = s.GetTokenState(ctx, "jti_2")
 	mustDo(t, err, "GetTokenState jti_2")
-	checkEqual(t, "token not revoked", st, &storage.TokenState{IssuedToken: tokenOf(other)})
+	checkEqual(t, "token not revoked", st, stateOf(t, s, other))
 
 	wantErr(t, s.RevokeToken(ctx, "jti_missing", at), storage.ErrNotFound, "RevokeToken of an unknown jti")
 }

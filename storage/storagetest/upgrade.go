@@ -59,3 +59,29 @@ func CheckUpgradeFromV1(t *testing.T, s storage.Store, now time.Time) {
 		storage.ErrConflict, "client assertion mark set before the upgrade")
 	mustDo(t, issue("t6", V1NewKey), "issuance after the upgrade")
 }
+
+// The version 3 to 4 upgrade fixture. Each backend's test writes, at version 3 and relative to
+// one time now: client c1 with grant g1; an audit record of event admin.bootstrap (the store
+// was bootstrapped, and mandate-admin deleted since); and the issuance record of token t9
+// (token_exchange, expiring in 5 minutes) by client c2 under grant g2, neither of which
+// exists (version 3 deleted a client's grants with it). Then it migrates up and calls
+// CheckUpgradeFromV3.
+
+// CheckUpgradeFromV3 checks a store upgraded from the version 3 fixture: it remembers it was
+// bootstrapped, t9's state says its grant and client are gone, and deleting c1 leaves g1.
+func CheckUpgradeFromV3(t *testing.T, s storage.Store) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := s.GetMarker(ctx, storage.MarkerBootstrap); err != nil {
+		t.Errorf("GetMarker(bootstrap) on a store bootstrapped before the upgrade: %v", err)
+	}
+	st, err := s.GetTokenState(ctx, "t9")
+	mustDo(t, err, "GetTokenState t9")
+	if !st.GrantMissing || !st.ClientMissing || st.GrantID != "g2" {
+		t.Errorf("t9, whose grant and client are gone: %+v", st)
+	}
+	mustDo(t, s.DeleteClient(ctx, "c1"), "DeleteClient c1")
+	if _, err := s.GetGrant(ctx, "g1"); err != nil {
+		t.Errorf("g1 after its client was deleted: %v; want it kept", err)
+	}
+}
