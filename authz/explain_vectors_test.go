@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/mandatehq/mandate/exchange"
 	"github.com/mandatehq/mandate/internal/vectors"
@@ -22,13 +21,7 @@ func TestExplainAgreesOnVectors(t *testing.T) {
 		t.Fatal(err)
 	}
 	eachBackend(t, func(t *testing.T, store storage.Store) {
-		e := newEnvIssuer(t, store, f.Issuer)
-		e.clock.Advance(time.Until(f.Time()))
-		e.addClient(&storage.Client{ID: f.ClientID, JWKS: f.JWKS, MaxEnvelopeLifetime: time.Duration(f.MaxEnvelopeLifetime) * time.Second,
-			AllowedTenants: []string{"acme"}, AllowedAudiences: []string{ordersAPI}, AllowedScopes: []string{"orders:read"},
-			ServiceActors: []string{"nightly-batch"}})
-		e.addGrant(&storage.Grant{ClientID: f.ClientID, Tenant: "acme", Subject: "alice", Audiences: []string{ordersAPI},
-			Scopes: []string{"orders:read"}})
+		e := newVectorEnv(t, store, f)
 		for _, vec := range f.Vectors {
 			t.Run(vec.Name, func(t *testing.T) {
 				// The vectors are judged at their now; the clock runs on in real time, which

@@ -21,13 +21,7 @@ func TestVectorsThroughTheTokenEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	eachBackend(t, func(t *testing.T, store storage.Store) {
-		e := newEnvIssuer(t, store, f.Issuer)
-		e.clock.Advance(f.Time().Sub(e.clock.Now()))
-		e.addClient(&storage.Client{ID: f.ClientID, JWKS: f.JWKS, MaxEnvelopeLifetime: time.Duration(f.MaxEnvelopeLifetime) * time.Second,
-			AllowedTenants: []string{"acme"}, AllowedAudiences: []string{ordersAPI}, AllowedScopes: []string{"orders:read"},
-			ServiceActors: []string{"nightly-batch"}})
-		e.addGrant(&storage.Grant{ClientID: f.ClientID, Tenant: "acme", Subject: "alice", Audiences: []string{ordersAPI},
-			Scopes: []string{"orders:read"}})
+		e := newVectorEnv(t, store, f)
 		for _, vec := range f.Vectors {
 			t.Run(vec.Name, func(t *testing.T) {
 				// Judge each vector at exactly its instant: on a slow run the time-edge vectors
@@ -66,4 +60,17 @@ func TestVectorsThroughTheTokenEndpoint(t *testing.T) {
 			}
 		}
 	})
+}
+
+// newVectorEnv is a server judging the shared envelope vectors: their issuer, their clock, their
+// client with their keys, and a client and grant that allow everything the valid ones ask for.
+func newVectorEnv(t *testing.T, store storage.Store, f *vectors.EnvelopeFile) *env {
+	e := newEnvIssuer(t, store, f.Issuer)
+	e.clock.Advance(f.Time().Sub(e.clock.Now()))
+	e.addClient(&storage.Client{ID: f.ClientID, JWKS: f.JWKS, MaxEnvelopeLifetime: time.Duration(f.MaxEnvelopeLifetime) * time.Second,
+		AllowedTenants: []string{"acme"}, AllowedAudiences: []string{ordersAPI}, AllowedScopes: []string{"orders:read"},
+		ServiceActors: []string{"nightly-batch"}})
+	e.addGrant(&storage.Grant{ClientID: f.ClientID, Tenant: "acme", Subject: "alice", Audiences: []string{ordersAPI},
+		Scopes: []string{"orders:read"}})
+	return e
 }

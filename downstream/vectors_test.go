@@ -1,69 +1,40 @@
 package downstream
 
 import (
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/mandatehq/mandate/internal/vectors"
 )
 
-// The shared vectors (testdata/vectors/access_tokens.json, sdk-contract §4): every SDK's
+// The shared vectors (testdata/vectors/access_tokens.json, docs/vectors.md): every SDK's
 // verifier gives the same verdicts and the same principal.
 func TestAccessTokenVectors(t *testing.T) {
-	raw, err := os.ReadFile("../testdata/vectors/access_tokens.json")
+	doc, err := vectors.AccessTokens()
 	if err != nil {
-		t.Fatal(err)
-	}
-	var doc struct {
-		Issuer     string          `json:"issuer"`
-		Audience   string          `json:"audience"`
-		Now        int64           `json:"now"`
-		Leeway     int64           `json:"leeway"`
-		Algorithms []string        `json:"algorithms"`
-		JWKS       json.RawMessage `json:"jwks"`
-		Vectors    []struct {
-			Name      string   `json:"name"`
-			Token     string   `json:"token"`
-			Scopes    []string `json:"required_scopes"`
-			Valid     bool     `json:"valid"`
-			Error     string   `json:"error"`
-			Principal *struct {
-				ActorType   string   `json:"actor_type"`
-				User        string   `json:"user"`
-				Service     string   `json:"service"`
-				Tenant      string   `json:"tenant"`
-				Subject     string   `json:"subject"`
-				Mode        string   `json:"mode"`
-				Agent       Actor    `json:"agent"`
-				PriorActors []Actor  `json:"prior_actors"`
-				ClientID    string   `json:"client_id"`
-				Scopes      []string `json:"scopes"`
-				TraceID     string   `json:"trace_id"`
-				SessionID   string   `json:"session_id"`
-				GrantID     string   `json:"grant_id"`
-				JTI         string   `json:"jti"`
-				IAT         int64    `json:"iat"`
-				EXP         int64    `json:"exp"`
-			} `json:"principal"`
-		} `json:"vectors"`
-	}
-	if err := json.Unmarshal(raw, &doc); err != nil {
 		t.Fatal(err)
 	}
 	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(doc.JWKS) }))
 	defer jwks.Close()
-	now := time.Unix(doc.Now, 0)
+	now := doc.Time()
 	v, err := New(Config{Issuer: doc.Issuer, Audience: doc.Audience, JWKSURL: jwks.URL, Algorithms: doc.Algorithms,
 		Leeway: time.Duration(doc.Leeway) * time.Second, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
+	actors := func(as []Actor) []vectors.Actor {
+		out := []vectors.Actor{}
+		for _, a := range as {
+			out = append(out, vectors.Actor{Sub: a.Sub, ClientID: a.ClientID})
+		}
+		return out
+	}
 	for _, vec := range doc.Vectors {
 		t.Run(vec.Name, func(t *testing.T) {
-			rec, p := serveOnce(v, "Bearer "+vec.Token, vec.Scopes...)
+			rec, p := serveOnce(v, "Bearer "+vec.Token, vec.RequiredScopes...)
 			if !vec.Valid {
 				want := map[string]int{"invalid_token": 401, "insufficient_scope": 403}[vec.Error]
 				if rec.Code != want || rec.Code == 200 {
@@ -75,15 +46,18 @@ func TestAccessTokenVectors(t *testing.T) {
 				t.Fatalf("%d %s, want the token accepted", rec.Code, rec.Header().Get("WWW-Authenticate"))
 			}
 			w := vec.Principal
-			if p.ActorType != w.ActorType || p.User != w.User || p.Service != w.Service || p.Tenant != w.Tenant ||
-				p.Subject != w.Subject || p.Mode != w.Mode || p.Agent != w.Agent || p.ClientID != w.ClientID ||
-				p.TraceID != w.TraceID || p.SessionID != w.SessionID || p.GrantID != w.GrantID || p.JTI != w.JTI ||
-				p.IssuedAt.Unix() != w.IAT || p.ExpiresAt.Unix() != w.EXP || p.Audience != doc.Audience {
-				t.Errorf("principal %+v\nwant %+v", p, w)
+			got := vectors.Principal{
+				ActorType: p.ActorType, User: p.User, Service: p.Service, Tenant: p.Tenant, Subject: p.Subject,
+				Mode: p.Mode, Agent: vectors.Actor{Sub: p.Agent.Sub, ClientID: p.Agent.ClientID},
+				PriorActors: actors(p.PriorActors), ClientID: p.ClientID, Scopes: p.Scopes, TraceID: p.TraceID,
+				SessionID: p.SessionID, GrantID: p.GrantID, JTI: p.JTI, IssuedAt: p.IssuedAt.Unix(), ExpiresAt: p.ExpiresAt.Unix(),
 			}
-			if !slices.Equal(p.Scopes, w.Scopes) || len(p.PriorActors) != len(w.PriorActors) ||
-				(len(w.PriorActors) > 0 && !slices.Equal(p.PriorActors, w.PriorActors)) {
-				t.Errorf("scopes %v prior actors %v, want %v %v", p.Scopes, p.PriorActors, w.Scopes, w.PriorActors)
+			if got.ActorType != w.ActorType || got.User != w.User || got.Service != w.Service || got.Tenant != w.Tenant ||
+				got.Subject != w.Subject || got.Mode != w.Mode || got.Agent != w.Agent || got.ClientID != w.ClientID ||
+				got.TraceID != w.TraceID || got.SessionID != w.SessionID || got.GrantID != w.GrantID || got.JTI != w.JTI ||
+				got.IssuedAt != w.IssuedAt || got.ExpiresAt != w.ExpiresAt || p.Audience != doc.Audience ||
+				!slices.Equal(got.Scopes, w.Scopes) || !slices.Equal(got.PriorActors, w.PriorActors) {
+				t.Errorf("principal %+v\nwant %+v", got, *w)
 			}
 		})
 	}
