@@ -7,6 +7,7 @@ exchange is issued under the new grant. Mandate's refusals of a request are type
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from typing import Any
@@ -24,6 +25,7 @@ from mandate import (
     GrantRequiredError,
     Identity,
     MandateError,
+    NoIdentityError,
     Signer,
     UnavailableError,
     grant_required,
@@ -301,6 +303,12 @@ def test_refusals_are_typed_by_reason(mandate: Mandate) -> None:
             d.request_grant(ident(s, "kim"), audiences=docs(s), scopes=["docs:read"], purpose="x")
         with pytest.raises(ValueError, match="id"):
             d.grant_request_status("")
+        # As for an exchange: not for nobody, nor after the user's token expired.
+        with pytest.raises(NoIdentityError):
+            d.request_grant(None, audiences=[docs(s)], scopes=["docs:read"], purpose="x")
+        expired = dataclasses.replace(ident(s, "kim"), expires_at=time.time() - 1)
+        with pytest.raises(NoIdentityError):
+            d.request_grant(expired, audiences=[docs(s)], scopes=["docs:read"], purpose="x")
     with delegator(s, client_secret="not-the-secret") as wrong:
         check(refused(wrong, s), "client_authentication_failed", 401)
         with pytest.raises(MandateError) as bad:

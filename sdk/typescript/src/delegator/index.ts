@@ -539,6 +539,19 @@ export class Delegator {
     }
     const o = this.#o;
     const now = o.now();
+    if (identity.expiresAt !== undefined && now >= identity.expiresAt * 1000) {
+      // As for an exchange: an identity is not used after the user's proof of it expired.
+      throw new ClientError({
+        code: 'identity_expired',
+        status: 0,
+        kind: 'client_error',
+        audience: audiences.join(' '),
+        operation: `a grant request for ${audiences.join(' ')}`,
+        description: "the user's token has expired",
+        tenant: identity.actor.tenant,
+        subject: identity.actor.sub,
+      });
+    }
     const body: Record<string, unknown> = {
       tenant: identity.actor.tenant,
       subject: identity.actor.sub,

@@ -339,6 +339,10 @@ test("Mandate's refusals of a grant request are typed by reason", async () => {
   );
   // Caught before anything is sent.
   await assert.rejects(d.requestGrant(who('kim'), { ...ask, duration: 1.5 }), TypeError);
+  await assert.rejects(
+    d.requestGrant({ ...who('kim'), expiresAt: Math.floor(Date.now() / 1000) - 1 }, ask),
+    (e: unknown) => e instanceof ClientError && e.code === 'identity_expired',
+  );
   await assert.rejects(d.grantRequestStatus(''), TypeError);
   // Nothing listening: unavailable.
   const port = await freePort();
