@@ -14,6 +14,7 @@ from mandate.errors import (
     MandateError,
     UnavailableError,
     error_for,
+    grant_required,
     kind_of,
 )
 from support import REPO_ROOT
@@ -61,3 +62,46 @@ def test_every_reason_maps_to_its_class(r: dict[str, object]) -> None:
 )
 def test_fallbacks(status: int, reason: str, kind: str) -> None:
     assert kind_of(status, reason) == kind
+
+
+def test_grant_required_only_for_refusals_the_user_can_lift() -> None:
+    endpoint = "https://mandate.test/oauth2/grant-requests"
+
+    def refusal(reason: str, endpoint: str = endpoint) -> MandateError:
+        return error_for(
+            status=400,
+            code="invalid_request",
+            reason=reason,
+            audience="docs",
+            grant_request_endpoint=endpoint,
+        )
+
+    e = refusal("no_active_grant")
+    assert isinstance(e, GrantRequiredError) and e.grant_request_endpoint == endpoint
+    assert grant_required(e) is e
+    widen = refusal("grant_does_not_cover_audience_or_mode")
+    assert grant_required(widen) is widen
+    assert grant_required(refusal("no_active_grant", "")) is None  # an admin_only audience
+    assert grant_required(refusal("scope_not_allowed")) is None
+    assert grant_required(refusal("envelope_replayed")) is None
+    assert grant_required(RuntimeError("no_active_grant")) is None
+
+
+def test_messages_name_what_was_refused() -> None:
+    e = error_for(
+        status=400,
+        code="invalid_target",
+        reason="audience_requires_admin_consent",
+        audience="orders_api",
+        description="ask an admin",
+        operation="a grant request for orders_api",
+    )
+    assert str(e) == (
+        "Mandate refused a grant request for orders_api: invalid_target"
+        " [audience_requires_admin_consent] (ask an admin)"
+    )
+    # A reason's kind can be overridden where the endpoint gives it another meaning.
+    c = error_for(
+        status=400, code="invalid_scope", reason="scope_not_allowed", audience="d", kind="client_error"
+    )
+    assert type(c) is ClientError and c.reason == "scope_not_allowed"

@@ -48,9 +48,9 @@ try {
   const program = `
 import { generateEnvelopeKey, createSigner } from '@mandatehq/mandate/envelope';
 import { Delegator } from '@mandatehq/mandate/delegator';
-import { createBoundary, identity } from '@mandatehq/mandate/mcp';
+import { askUser, createBoundary, identity } from '@mandatehq/mandate/mcp';
 import { createVerifier, protect } from '@mandatehq/mandate/downstream';
-import { GrantRequiredError, REASON_KINDS } from '@mandatehq/mandate/errors';
+import { GrantRequiredError, grantRequired, REASON_KINDS } from '@mandatehq/mandate/errors';
 
 const keys = await generateEnvelopeKey();
 const signer = createSigner({ key: keys.privateJwk, clientId: 'app', issuer: 'https://mandate.test' });
@@ -69,7 +69,9 @@ const b = createBoundary({ issuer: 'https://idp.test', audience: 'https://mcp.te
 const v = createVerifier({ issuer: 'https://mandate.test', audience: 'orders_api' });
 const ok = token.split('.').length === 3 && d.exchanges === 0 && b.middleware.length === 3 &&
   typeof v.verify === 'function' && typeof protect === 'function' && typeof identity === 'function' &&
-  REASON_KINDS.no_active_grant === 'grant_required' && typeof GrantRequiredError === 'function';
+  REASON_KINDS.no_active_grant === 'grant_required' && typeof GrantRequiredError === 'function' &&
+  typeof askUser === 'function' && grantRequired(new Error('x')) === undefined &&
+  typeof d.requestGrant === 'function' && typeof d.waitForGrant === 'function';
 if (!ok) throw new Error('the installed package does not work');
 console.log('fresh project: every subpath imports and works');
 `;

@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import {
   ClientError,
   GrantRequiredError,
+  grantRequired,
   kindOf,
   MandateError,
   mandateError,
@@ -80,4 +81,54 @@ test('Retry-After parsing', () => {
   assert.equal(parseRetryAfter('soon'), undefined);
   const now = Date.parse('2026-01-01T00:00:00Z');
   assert.equal(parseRetryAfter('Thu, 01 Jan 2026 00:00:30 GMT', now), 30);
+});
+
+test('grantRequired: only refusals the user can lift themselves', () => {
+  const endpoint = 'https://mandate.test/oauth2/grant-requests';
+  const base = { code: 'invalid_request', status: 400, audience: 'docs_api' };
+  const e = mandateError({ ...base, reason: 'no_active_grant', grantRequestEndpoint: endpoint });
+  assert.ok(e instanceof GrantRequiredError);
+  assert.equal(e.grantRequestEndpoint, endpoint);
+  assert.equal(grantRequired(e), e);
+  const widen = mandateError({
+    ...base,
+    reason: 'grant_does_not_cover_audience_or_mode',
+    grantRequestEndpoint: endpoint,
+  });
+  assert.equal(grantRequired(widen), widen);
+  // No endpoint: the audience is admin_only.
+  assert.equal(grantRequired(mandateError({ ...base, reason: 'no_active_grant' })), undefined);
+  // A grant refusal a new grant request would not lift as such.
+  assert.equal(
+    grantRequired(mandateError({ ...base, reason: 'scope_not_allowed', grantRequestEndpoint: endpoint })),
+    undefined,
+  );
+  assert.equal(
+    grantRequired(mandateError({ ...base, reason: 'envelope_replayed', grantRequestEndpoint: endpoint })),
+    undefined,
+  );
+  assert.equal(grantRequired('no_active_grant'), undefined);
+  assert.equal(grantRequired(undefined), undefined);
+});
+
+test('messages name what was refused', () => {
+  const e = mandateError({
+    code: 'invalid_target',
+    reason: 'audience_requires_admin_consent',
+    status: 400,
+    audience: 'orders_api',
+    operation: 'a grant request for orders_api',
+    description: 'ask an admin',
+  });
+  assert.equal(
+    e.message,
+    'Mandate refused a grant request for orders_api: audience_requires_admin_consent (ask an admin)',
+  );
+  const n = mandateError({
+    code: 'network_error',
+    status: 0,
+    audience: '',
+    operation: 'the status of grant request gr_1',
+  });
+  assert.equal(n.message, 'Mandate could not be reached for the status of grant request gr_1');
 });

@@ -13,6 +13,8 @@ from .delegator import (
     AsyncMandateTransport,
     Delegator,
     DestinationError,
+    GrantRequestLink,
+    GrantRequestStatus,
     MandateTransport,
     NoIdentityError,
     Token,
@@ -41,7 +43,7 @@ from .envelope import (
     generate_key,
     jwks,
 )
-from .errors import ClientError, GrantRequiredError, MandateError, UnavailableError
+from .errors import ClientError, GrantRequiredError, MandateError, UnavailableError, grant_required
 from .identity import Identity, current_identity, use_identity
 
 __all__ = [
@@ -58,6 +60,8 @@ __all__ = [
     "Delegator",
     "DestinationError",
     "EnvelopeError",
+    "GrantRequestLink",
+    "GrantRequestStatus",
     "GrantRequiredError",
     "Identity",
     "InsufficientScopeError",
@@ -77,6 +81,7 @@ __all__ = [
     "Verifier",
     "current_identity",
     "generate_key",
+    "grant_required",
     "jwks",
     "use_identity",
 ]

@@ -18,8 +18,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
-from urllib.parse import quote_plus, unquote
+from typing import Any, Final, Literal, TypeGuard
+from urllib.parse import quote, quote_plus, unquote
 
 import httpx
 
@@ -34,7 +34,7 @@ from .envelope import (
     SigningKey,
     sign_jws,
 )
-from .errors import MandateError, UnavailableError, error_for
+from .errors import MandateError, UnavailableError, error_for, kind_of
 from .identity import Identity, current_identity
 
 GRANT_TYPE_TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -91,6 +91,92 @@ class Token:
 
     def __repr__(self) -> str:
         return f"Token(expires_at={self.expires_at}, scope={self.scope!r})"
+
+
+GrantRequestState = Literal["pending", "approved", "denied", "expired"]
+GRANT_REQUEST_STATES: Final[frozenset[str]] = frozenset({"pending", "approved", "denied", "expired"})
+DEFAULT_POLL_INTERVAL: Final = 5.0
+"""RFC 8628 §3.2's default, when Mandate names no interval."""
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRequestLink:
+    """A created grant request: where the user approves it."""
+
+    request_id: str
+    url: str
+    """This request's consent page (``verification_uri_complete``): give it to the user."""
+    verification_uri: str
+    """The consent page listing every request waiting for the signed-in user."""
+    expires_at: float
+    """Until when it can be decided (Unix seconds)."""
+    interval: float
+    """Poll its status no more often than this (seconds)."""
+
+    def message(self, purpose: str = "") -> str:
+        """What to tell the user about the link."""
+        msg = "Approve access in your browser: " + self.url
+        return f"{purpose}. {msg}" if purpose else msg
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRequestStatus:
+    """A grant request's state, as Mandate reports it to the client that created it."""
+
+    request_id: str
+    status: GrantRequestState
+    grant_id: str = ""
+    """The grant an approval created."""
+    expires_at: float | None = None
+    """While pending: until when it can be decided (Unix seconds)."""
+    interval: float | None = None
+    """While pending: poll no more often than this (seconds)."""
+
+
+def _number(v: Any) -> TypeGuard[int | float]:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body) if body else None
+    except ValueError:
+        doc = None
+    return doc if isinstance(doc, dict) else {}
+
+
+class _Waiter:
+    """The state of waiting for a grant request: which interval to honour, and whether a
+    failed read may be retried (only an unavailable Mandate, while the request can still
+    be decided)."""
+
+    def __init__(self, request: GrantRequestLink | str, clock: Callable[[], float]) -> None:
+        if isinstance(request, GrantRequestLink):
+            self.request_id = request.request_id
+            self.interval = request.interval
+            self.expires_at: float | None = request.expires_at
+        else:
+            self.request_id, self.interval, self.expires_at = request, DEFAULT_POLL_INTERVAL, None
+        self._clock = clock
+
+    def delay(self) -> float:
+        return max(1.0, self.interval)
+
+    def retry(self, err: MandateError) -> bool:
+        decidable = self.expires_at is not None and self._clock() < self.expires_at
+        if not isinstance(err, UnavailableError) or not decidable:
+            return False
+        self.interval = max(self.interval, err.retry_after or 0.0)
+        return True
+
+    def done(self, st: GrantRequestStatus) -> bool:
+        if st.status != "pending":
+            return True
+        if st.interval is not None:
+            self.interval = st.interval
+        if st.expires_at is not None:
+            self.expires_at = st.expires_at
+        return False
 
 
 class _Cache:
@@ -247,12 +333,19 @@ class _Core:
         }
         if scopes:
             form["scope"] = " ".join(scopes)
+        fields, headers = self.credentials(now)
+        form.update(fields)
+        with self._count_lock:
+            self.exchanges += 1
+        return form, headers
+
+    def credentials(self, now: int) -> tuple[dict[str, str], dict[str, str]]:
+        """The client's credentials, the one way every call to Mandate authenticates
+        (RFC 6749 §2.3.1, RFC 7523): members for the body, or a Basic header."""
         headers = {"Accept": "application/json"}
         if self.auth_method == "private_key_jwt":
             assert self._assertion_key is not None
-            form["client_id"] = self.client_id
-            form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
-            form["client_assertion"] = sign_jws(
+            assertion = sign_jws(
                 self._assertion_key,
                 {"alg": self._assertion_key.alg, "typ": "JWT", "kid": self._assertion_key.kid},
                 {
@@ -264,18 +357,154 @@ class _Core:
                     "jti": secrets.token_hex(16),
                 },
             )
-        elif self.auth_method == "client_secret_post":
-            assert self._secret is not None
-            form["client_id"] = self.client_id
-            form["client_secret"] = self._secret
-        else:
-            assert self._secret is not None
-            # RFC 6749 §2.3.1: form-encode each part before base64.
-            creds = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(creds).decode("ascii")
-        with self._count_lock:
-            self.exchanges += 1
-        return form, headers
+            return {
+                "client_id": self.client_id,
+                "client_assertion_type": CLIENT_ASSERTION_TYPE,
+                "client_assertion": assertion,
+            }, headers
+        assert self._secret is not None
+        if self.auth_method == "client_secret_post":
+            return {"client_id": self.client_id, "client_secret": self._secret}, headers
+        # RFC 6749 §2.3.1: form-encode each part before base64.
+        creds = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(creds).decode("ascii")
+        return {}, headers
+
+    # Grant requests (SPEC §11)
+
+    def grant_request(
+        self,
+        identity: Identity | None,
+        audiences: Sequence[str],
+        scopes: Sequence[str],
+        purpose: str,
+        modes: Sequence[str],
+        duration: int | None,
+        any_agent: bool,
+    ) -> tuple[Identity, dict[str, Any], dict[str, str]]:
+        """The JSON body and headers that create a grant request for identity's user."""
+        ident = self.check_identity(identity)
+        if isinstance(audiences, str) or isinstance(scopes, str) or isinstance(modes, str):
+            raise TypeError("audiences, scopes and modes are sequences of strings")
+        if duration is not None and (
+            isinstance(duration, bool) or not isinstance(duration, int) or duration <= 0
+        ):
+            raise ValueError("duration is a positive whole number of seconds")
+        body: dict[str, Any] = {
+            "tenant": ident.actor.tenant,
+            "subject": ident.actor.sub,
+            "audiences": list(audiences),
+            "scopes": list(scopes),
+            "purpose": purpose,
+        }
+        if not any_agent and ident.agent.id:
+            body["agent_id"] = ident.agent.id
+        if modes:
+            body["modes"] = list(modes)
+        if duration is not None:
+            body["duration"] = duration
+        fields, headers = self.credentials(int(self.clock()))
+        body.update(fields)
+        headers["Content-Type"] = "application/json"
+        return ident, body, headers
+
+    def grant_request_poll(self, request_id: str) -> tuple[str, str, dict[str, str] | None, dict[str, str]]:
+        """Method, URL, form and headers that read a grant request: GET with Basic, else a
+        POST with the credentials in the form."""
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError("a grant request id is required")
+        url = self.issuer + "/oauth2/grant-requests/" + quote(request_id, safe="")
+        fields, headers = self.credentials(int(self.clock()))
+        if "Authorization" in headers:
+            return "GET", url, None, headers
+        return "POST", url, fields, headers
+
+    def grant_request_refusal(
+        self, status: int, headers: httpx.Headers, doc: Mapping[str, Any], audience: str, operation: str
+    ) -> MandateError:
+        """A refusal of the grant request endpoint, typed by reason. None of its reasons asks
+        for a grant: the request *is* the ask, so a grant_required reason there
+        (scope_not_allowed: a scope the audiences do not define) is a ClientError."""
+        code, reason = doc.get("error"), str(doc.get("reason") or "")
+        return error_for(
+            status=status,
+            code=code
+            if isinstance(code, str) and code
+            else ("server_error" if status >= 500 else "invalid_request"),
+            reason=reason,
+            audience=audience,
+            description=str(doc.get("error_description") or (f"HTTP {status}" if not code else "")),
+            retry_after=_retry_after(headers.get("Retry-After"), self.clock()),
+            operation=operation,
+            kind="client_error" if kind_of(status, reason) == "grant_required" else None,
+        )
+
+    def grant_request_link(
+        self, status: int, headers: httpx.Headers, body: bytes, audiences: Sequence[str], now: float
+    ) -> GrantRequestLink:
+        doc = _json_object(body)
+        audience = " ".join(audiences)
+        operation = "a grant request for " + audience
+        if status != 201:
+            raise self.grant_request_refusal(status, headers, doc, audience, operation)
+        rid, url, expires_in, interval = (
+            doc.get("request_id"),
+            doc.get("verification_uri_complete"),
+            doc.get("expires_in"),
+            doc.get("interval"),
+        )
+        if (
+            not isinstance(rid, str)
+            or not rid
+            # The link is shown to the user: it must be Mandate's own consent page.
+            or not isinstance(url, str)
+            or not url.startswith(self.issuer + "/")
+            or not _number(expires_in)
+            or expires_in <= 0
+            or (interval is not None and not _number(interval))
+        ):
+            raise UnavailableError(
+                code="server_error",
+                reason="",
+                status=status,
+                audience=audience,
+                description="malformed grant request answer",
+                operation=operation,
+            )
+        vuri = doc.get("verification_uri")
+        return GrantRequestLink(
+            request_id=rid,
+            url=url,
+            verification_uri=vuri if isinstance(vuri, str) else url,
+            expires_at=now + float(expires_in),
+            interval=float(interval) if _number(interval) and interval > 0 else DEFAULT_POLL_INTERVAL,
+        )
+
+    def grant_request_state(
+        self, request_id: str, status: int, headers: httpx.Headers, body: bytes, now: float
+    ) -> GrantRequestStatus:
+        doc = _json_object(body)
+        operation = "the status of grant request " + request_id
+        if status != 200:
+            raise self.grant_request_refusal(status, headers, doc, "", operation)
+        state = doc.get("status")
+        if doc.get("request_id") != request_id or state not in GRANT_REQUEST_STATES:
+            raise UnavailableError(
+                code="server_error",
+                reason="",
+                status=status,
+                audience="",
+                description="malformed grant request status",
+                operation=operation,
+            )
+        grant_id, expires_in, interval = doc.get("grant_id"), doc.get("expires_in"), doc.get("interval")
+        return GrantRequestStatus(
+            request_id=request_id,
+            status=state,
+            grant_id=grant_id if isinstance(grant_id, str) else "",
+            expires_at=now + float(expires_in) if _number(expires_in) else None,
+            interval=float(interval) if _number(interval) and interval > 0 else None,
+        )
 
     def answer(
         self, identity: Identity | None, audience: str, status: int, headers: httpx.Headers, body: bytes
@@ -300,6 +529,7 @@ class _Core:
                 retry_after=_retry_after(headers.get("Retry-After"), now),
                 tenant=identity.actor.tenant if identity else "",
                 subject=identity.actor.sub if identity else "",
+                grant_request_endpoint=str(doc.get("grant_request_endpoint") or ""),
             )
             raise return_error
         tok, life, ttype = doc.get("access_token"), doc.get("expires_in"), doc.get("token_type")
@@ -324,13 +554,14 @@ class _Core:
         scope = doc.get("scope")
         return Token(tok, exp, exp - margin, scope if isinstance(scope, str) else "")
 
-    def network_error(self, audience: str, err: Exception) -> MandateError:
+    def network_error(self, audience: str, err: Exception, operation: str = "") -> MandateError:
         return UnavailableError(
             code="network_error",
             reason="",
             status=0,
             audience=audience,
             description=f"{type(err).__name__} talking to Mandate",
+            operation=operation,
         )
 
     def bases(self, audience: str, base_urls: Sequence[str] | None) -> tuple[_Base, ...]:
@@ -584,6 +815,101 @@ class Delegator:
             raise self._core.network_error(audience, e) from None
         return self._core.answer(identity, audience, status, rh, body[:MAX_TOKEN_RESPONSE_BYTES])
 
+    # Grant requests (SPEC §11)
+
+    def request_grant(
+        self,
+        identity: Identity | None,
+        *,
+        audiences: Sequence[str],
+        scopes: Sequence[str],
+        purpose: str,
+        modes: Sequence[str] = (),
+        duration: int | None = None,
+        any_agent: bool = False,
+    ) -> GrantRequestLink:
+        """Asks Mandate to have identity's user grant this client ``scopes`` on
+        ``audiences`` (``POST /oauth2/grant-requests``), for identity's agent unless
+        ``any_agent``, and returns the link to give the user: typically after a
+        ``GrantRequiredError`` that ``grant_required`` accepts. ``duration`` is in seconds
+        (default: the audiences' ``max_consent_duration``); ``purpose`` is shown to the
+        user. Mandate's refusals raise ``ClientError`` (``audience_requires_admin_consent``,
+        ``consent_duration_too_long``, ``invalid_grant_request``, …) or
+        ``UnavailableError``."""
+        _, body, headers = self._core.grant_request(
+            identity, audiences, scopes, purpose, modes, duration, any_agent
+        )
+        now = self._core.clock()
+        status, rh, raw = self._call(
+            "POST",
+            self._core.issuer + "/oauth2/grant-requests",
+            headers,
+            json_body=body,
+            audience=" ".join(audiences),
+            operation="a grant request for " + " ".join(audiences),
+        )
+        return self._core.grant_request_link(status, rh, raw, audiences, now)
+
+    def grant_request_status(self, request_id: str) -> GrantRequestStatus:
+        """Reads a grant request this client created (``GET
+        /oauth2/grant-requests/{id}``; a ``POST`` with the credentials in the body for
+        ``client_secret_post`` and ``private_key_jwt``). Poll no faster than its
+        ``interval``, or use ``wait_for_grant``."""
+        method, url, form, headers = self._core.grant_request_poll(request_id)
+        now = self._core.clock()
+        status, rh, raw = self._call(
+            method, url, headers, form=form, operation="the status of grant request " + request_id
+        )
+        return self._core.grant_request_state(request_id, status, rh, raw, now)
+
+    def wait_for_grant(
+        self, request: GrantRequestLink | str, *, timeout: float | None = None
+    ) -> GrantRequestStatus:
+        """Polls until the user (or an admin) decides the request or it expires, waiting
+        its ``interval`` (as Mandate last said, at least 1 s) before each read; returns the
+        final status (``approved`` with ``grant_id``, ``denied`` or ``expired``). A read
+        that fails with ``UnavailableError`` is retried after ``max(interval,
+        retry_after)`` while the request can still be decided. Raises ``TimeoutError``
+        after ``timeout`` seconds."""
+        w = _Waiter(request, self._core.clock)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            delay = w.delay()
+            if deadline is not None and time.monotonic() + delay > deadline:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                raise TimeoutError(f"grant request {w.request_id} is still pending")
+            time.sleep(delay)
+            try:
+                st = self.grant_request_status(w.request_id)
+            except MandateError as e:
+                if w.retry(e):
+                    continue
+                raise
+            if w.done(st):
+                return st
+
+    def _call(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        *,
+        json_body: Any = None,
+        form: dict[str, str] | None = None,
+        audience: str = "",
+        operation: str = "",
+    ) -> tuple[int, httpx.Headers, bytes]:
+        try:
+            with self._http.stream(method, url, json=json_body, data=form, headers=headers) as resp:
+                body = b""
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_TOKEN_RESPONSE_BYTES:
+                        break
+                return resp.status_code, resp.headers, body[:MAX_TOKEN_RESPONSE_BYTES]
+        except httpx.HTTPError as e:
+            raise self._core.network_error(audience, e, operation) from None
+
     def transport(
         self,
         audience: str,
@@ -799,6 +1125,80 @@ class AsyncDelegator:
         except httpx.HTTPError as e:
             raise self._core.network_error(audience, e) from None
         return self._core.answer(identity, audience, status, rh, body[:MAX_TOKEN_RESPONSE_BYTES])
+
+    # Grant requests (SPEC §11)
+
+    async def request_grant(
+        self,
+        identity: Identity | None,
+        *,
+        audiences: Sequence[str],
+        scopes: Sequence[str],
+        purpose: str,
+        modes: Sequence[str] = (),
+        duration: int | None = None,
+        any_agent: bool = False,
+    ) -> GrantRequestLink:
+        """See ``Delegator.request_grant``."""
+        _, body, headers = self._core.grant_request(
+            identity, audiences, scopes, purpose, modes, duration, any_agent
+        )
+        now = self._core.clock()
+        status, rh, raw = await self._call(
+            "POST",
+            self._core.issuer + "/oauth2/grant-requests",
+            headers,
+            json_body=body,
+            audience=" ".join(audiences),
+            operation="a grant request for " + " ".join(audiences),
+        )
+        return self._core.grant_request_link(status, rh, raw, audiences, now)
+
+    async def grant_request_status(self, request_id: str) -> GrantRequestStatus:
+        """See ``Delegator.grant_request_status``."""
+        method, url, form, headers = self._core.grant_request_poll(request_id)
+        now = self._core.clock()
+        status, rh, raw = await self._call(
+            method, url, headers, form=form, operation="the status of grant request " + request_id
+        )
+        return self._core.grant_request_state(request_id, status, rh, raw, now)
+
+    async def wait_for_grant(self, request: GrantRequestLink | str) -> GrantRequestStatus:
+        """See ``Delegator.wait_for_grant``. To bound the wait, wrap it in
+        ``asyncio.timeout(...)``; cancelling the task stops it too."""
+        w = _Waiter(request, self._core.clock)
+        while True:
+            await asyncio.sleep(w.delay())
+            try:
+                st = await self.grant_request_status(w.request_id)
+            except MandateError as e:
+                if w.retry(e):
+                    continue
+                raise
+            if w.done(st):
+                return st
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        *,
+        json_body: Any = None,
+        form: dict[str, str] | None = None,
+        audience: str = "",
+        operation: str = "",
+    ) -> tuple[int, httpx.Headers, bytes]:
+        try:
+            async with self._http.stream(method, url, json=json_body, data=form, headers=headers) as resp:
+                body = b""
+                async for chunk in resp.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_TOKEN_RESPONSE_BYTES:
+                        break
+                return resp.status_code, resp.headers, body[:MAX_TOKEN_RESPONSE_BYTES]
+        except httpx.HTTPError as e:
+            raise self._core.network_error(audience, e, operation) from None
 
     def transport(
         self,

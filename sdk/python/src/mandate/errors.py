@@ -1,4 +1,5 @@
-"""Typed errors for Mandate's token endpoint answers (RFC 6749 §5.2 plus ``reason``).
+"""Typed errors for Mandate's token and grant request endpoint answers (RFC 6749 §5.2
+plus ``reason``).
 
 An SDK tells "ask the user for a grant" from "fix your code" from "retry later" by the
 stable ``reason`` code, never by matching text. The table below is this SDK's copy of
@@ -119,8 +120,9 @@ class MandateError(Exception):
         audience: str,
         description: str = "",
         retry_after: float | None = None,
+        operation: str = "",
     ) -> None:
-        msg = f"Mandate refused a token for {audience or '?'}: {code}"
+        msg = f"Mandate refused {operation or 'a token for ' + (audience or '?')}: {code}"
         if reason:
             msg += f" [{reason}]"
         if description:
@@ -136,7 +138,9 @@ class MandateError(Exception):
 
 class GrantRequiredError(MandateError):
     """The user has not granted this (or the grant does not cover it): ask them, then
-    retry. ``tenant`` and ``subject`` name the user, for a grant request."""
+    retry. ``tenant`` and ``subject`` name the user, for a grant request;
+    ``grant_request_endpoint`` is set when the audience lets the user grant it
+    themselves (see ``grant_required`` and ``Delegator.request_grant``)."""
 
     kind: Kind = "grant_required"
 
@@ -151,6 +155,8 @@ class GrantRequiredError(MandateError):
         retry_after: float | None = None,
         tenant: str = "",
         subject: str = "",
+        grant_request_endpoint: str = "",
+        operation: str = "",
     ) -> None:
         super().__init__(
             code=code,
@@ -159,9 +165,11 @@ class GrantRequiredError(MandateError):
             audience=audience,
             description=description,
             retry_after=retry_after,
+            operation=operation,
         )
         self.tenant = tenant
         self.subject = subject
+        self.grant_request_endpoint = grant_request_endpoint
 
 
 class ClientError(MandateError):
@@ -187,9 +195,13 @@ def error_for(
     retry_after: float | None = None,
     tenant: str = "",
     subject: str = "",
+    grant_request_endpoint: str = "",
+    operation: str = "",
+    kind: Kind | None = None,
 ) -> MandateError:
-    """Builds the typed error for an answer, in one place."""
-    kind = kind_of(status, reason)
+    """Builds the typed error for an answer, in one place. ``kind`` overrides the one
+    the status and reason give."""
+    kind = kind or kind_of(status, reason)
     if kind == "grant_required":
         return GrantRequiredError(
             code=code,
@@ -200,6 +212,8 @@ def error_for(
             retry_after=retry_after,
             tenant=tenant,
             subject=subject,
+            grant_request_endpoint=grant_request_endpoint,
+            operation=operation,
         )
     cls: type[MandateError] = UnavailableError if kind == "unavailable" else ClientError
     return cls(
@@ -209,4 +223,18 @@ def error_for(
         audience=audience,
         description=description,
         retry_after=retry_after,
+        operation=operation,
     )
+
+
+_USER_CAN_GRANT: Final = frozenset({"no_active_grant", "grant_does_not_cover_audience_or_mode"})
+
+
+def grant_required(err: BaseException | None) -> GrantRequiredError | None:
+    """err when it is a refusal for lack of a grant the user may give themselves (reason
+    ``no_active_grant`` or ``grant_does_not_cover_audience_or_mode``, on an audience whose
+    refusal named a ``grant_request_endpoint``), else None. Other grant refusals
+    (``scope_not_allowed``, an ``admin_only`` audience) need an admin or another request."""
+    if isinstance(err, GrantRequiredError) and err.grant_request_endpoint and err.reason in _USER_CAN_GRANT:
+        return err
+    return None

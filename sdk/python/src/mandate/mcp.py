@@ -19,13 +19,14 @@ It plugs into the SDK's own seams:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final, cast
+from typing import Any, Final, NoReturn, cast
 
 import httpx
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
@@ -33,8 +34,10 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import UrlElicitationRequiredError
+from mcp.types import ClientCapabilities, ElicitRequestURLParams
 from opentelemetry import trace
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
@@ -42,22 +45,25 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import _jose
-from .delegator import DestinationError, NoIdentityError
+from .delegator import AsyncDelegator, Delegator, DestinationError, GrantRequestLink, NoIdentityError
 from .downstream import AsyncJWKS, InvalidTokenError, TokenVerificationError
 from .envelope import ACTOR_USER, AGENT_TYPE_MCP, MODE_ON_BEHALF_OF, MODES, Actor, Agent, Session
-from .errors import MandateError
+from .errors import GrantRequiredError, MandateError, grant_required
 from .identity import Identity, current_identity, new_trace_id, parse_traceparent, use_identity
 
 __all__ = [
     "REDACTED_TOKEN",
     "Boundary",
     "ClaimMapping",
+    "ConsentRequiredError",
     "IdentityRequiredError",
     "MandateMiddleware",
     "MandateTokenVerifier",
     "StripAuthorization",
+    "ask_user",
     "get_identity",
     "require_identity",
+    "supports_url_elicitation",
     "tool_errors",
 ]
 
@@ -448,3 +454,104 @@ class Boundary:
             raise RuntimeError("the app has already started: protect it before serving")
         app.user_middleware.append(Middleware(StripAuthorization))
         return app
+
+
+# ---------------------------------------------------------------------------------------
+# Asking the user (SPEC §11)
+
+
+class ConsentRequiredError(ToolError):
+    """The user was asked to grant access and has not yet: raised from a tool, the SDK
+    answers a tool error whose text carries the link. ``link`` is the grant request;
+    ``__cause__`` Mandate's refusal."""
+
+    def __init__(self, refusal: GrantRequiredError, link: GrantRequestLink, purpose: str = "") -> None:
+        super().__init__(f"{refusal}. {link.message(purpose)}")
+        self.link = link
+
+
+def supports_url_elicitation(capabilities: ClientCapabilities | Context[Any, Any] | None) -> bool:
+    """Whether the MCP client declared URL-mode elicitation (``elicitation.url``)."""
+    if isinstance(capabilities, Context):
+        capabilities = capabilities.client_capabilities
+    return (
+        capabilities is not None
+        and capabilities.elicitation is not None
+        and capabilities.elicitation.url is not None
+    )
+
+
+async def ask_user(
+    delegator: Delegator | AsyncDelegator,
+    ctx: Context[Any, Any] | None,
+    error: BaseException,
+    *,
+    audiences: Sequence[str],
+    scopes: Sequence[str],
+    purpose: str,
+    modes: Sequence[str] = (),
+    duration: int | None = None,
+    any_agent: bool = False,
+) -> NoReturn:
+    """Turns "no grant" into "ask the user" in a tool (as Go's ``boundary.AskUser``, which
+    returns the error; in Python it is raised, chained to ``error``).
+
+    When ``error`` is a refusal the user can lift themselves (``grant_required``:
+    ``no_active_grant`` or ``grant_does_not_cover_audience_or_mode`` on an audience that
+    allows user consent), it creates a grant request for the current identity's user
+    (``request_grant``) and raises:
+
+    - to a client that declared URL-mode elicitation (``ctx.client_capabilities``), the
+      SDK's ``UrlElicitationRequiredError`` (JSON-RPC error -32042) naming the consent
+      page, with the request id as ``elicitation_id``: the client opens it and retries the
+      call once the user is done;
+    - otherwise a ``ConsentRequiredError`` (a ``ToolError``), whose text carries the link.
+
+    Any other error is raised unchanged; when Mandate refuses the grant request itself,
+    that refusal is raised. Inside ``tool_errors()`` every ``MandateError`` becomes a tool
+    error that says why::
+
+        @server.tool()
+        async def summarise_docs(ctx: Context) -> str:
+            with tool_errors():
+                try:
+                    r = await docs.get("https://docs.example.com/v1/docs")
+                except GrantRequiredError as e:
+                    await ask_user(delegator, ctx, e, audiences=["docs_api"],
+                                   scopes=["docs:read"], purpose="Summarise your documents")
+            return r.text
+    """
+    refusal = grant_required(error)
+    identity = current_identity()
+    if refusal is None or identity is None:
+        raise error
+    try:
+        if isinstance(delegator, AsyncDelegator):
+            link = await delegator.request_grant(
+                identity,
+                audiences=audiences,
+                scopes=scopes,
+                purpose=purpose,
+                modes=modes,
+                duration=duration,
+                any_agent=any_agent,
+            )
+        else:
+            link = await asyncio.to_thread(
+                delegator.request_grant,
+                identity,
+                audiences=audiences,
+                scopes=scopes,
+                purpose=purpose,
+                modes=modes,
+                duration=duration,
+                any_agent=any_agent,
+            )
+    except MandateError as e:
+        raise e from refusal
+    message = link.message(purpose)
+    if supports_url_elicitation(ctx):
+        raise UrlElicitationRequiredError(
+            [ElicitRequestURLParams(message=message, url=link.url, elicitation_id=link.request_id)], message
+        ) from refusal
+    raise ConsentRequiredError(refusal, link, purpose) from refusal

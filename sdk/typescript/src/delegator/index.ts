@@ -18,6 +18,7 @@ import type {
 import { ENVELOPE_TOKEN_TYPE, EnvelopeError } from '../envelope/index.js';
 import {
   ClientError,
+  kindOf,
   type MandateError,
   type MandateErrorKind,
   mandateError,
@@ -135,6 +136,72 @@ export interface DelegatorOptions {
 export interface TokenOptions {
   /** Scopes to request; default the audience's configured scopes. */
   scopes?: readonly string[];
+}
+
+/** What an MCP server asks a user to grant (SPEC §11). */
+export interface GrantRequestOptions {
+  /** The audiences the grant should cover. */
+  audiences: readonly string[];
+  /** The scopes asked for. */
+  scopes: readonly string[];
+  /** The delegation modes asked for; default (none) means `on_behalf_of`. */
+  modes?: readonly DelegationMode[];
+  /** How long the grant lasts once approved, in seconds; default the audiences' `max_consent_duration`. */
+  duration?: number;
+  /** Shown to the user on the consent page: say why, in their words (at most 500 characters). */
+  purpose: string;
+  /** Ask for a grant for every agent of this client rather than the identity's agent. */
+  anyAgent?: boolean;
+}
+
+/** A created grant request: where the user approves it. */
+export interface GrantRequestLink {
+  readonly requestId: string;
+  /** This request's consent page (`verification_uri_complete`): give it to the user. */
+  readonly url: string;
+  /** The consent page listing every request waiting for the signed-in user. */
+  readonly verificationUri: string;
+  /** Until when it can be decided, in seconds since the epoch. */
+  readonly expiresAt: number;
+  /** Poll its status no more often than this, in seconds. */
+  readonly interval: number;
+}
+
+/** The states of a grant request. */
+export type GrantRequestState = 'pending' | 'approved' | 'denied' | 'expired';
+
+/** A grant request's state, as Mandate reports it to the client that created it. */
+export interface GrantRequestStatus {
+  readonly requestId: string;
+  readonly status: GrantRequestState;
+  /** The grant an approval created. */
+  readonly grantId?: string;
+  /** While pending: until when it can be decided, in seconds since the epoch. */
+  readonly expiresAt?: number;
+  /** While pending: poll no more often than this, in seconds. */
+  readonly interval?: number;
+}
+
+const GRANT_REQUEST_STATES: ReadonlySet<string> = new Set(['pending', 'approved', 'denied', 'expired']);
+/** RFC 8628 §3.2's default when Mandate names no interval. */
+const DEFAULT_POLL_INTERVAL = 5;
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 /** A URL outside the audience's base URLs: the delegator refused to send anything there. */
@@ -360,18 +427,9 @@ export class Delegator {
       'content-type': 'application/x-www-form-urlencoded',
       accept: 'application/json',
     });
-    const auth = o.clientAuth;
-    if (auth.method === 'client_secret_basic') {
-      const enc = (s: string) => encodeURIComponent(s).replace(/%20/g, '+');
-      headers.set('authorization', `Basic ${btoa(`${enc(o.clientId)}:${enc(auth.clientSecret)}`)}`);
-    } else if (auth.method === 'client_secret_post') {
-      form.set('client_id', o.clientId);
-      form.set('client_secret', auth.clientSecret);
-    } else {
-      form.set('client_id', o.clientId);
-      form.set('client_assertion_type', 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
-      form.set('client_assertion', await this.#assertion(iat));
-    }
+    const creds = await this.#credentials(iat);
+    if (creds.authorization) headers.set('authorization', creds.authorization);
+    for (const [k, v] of Object.entries(creds.fields)) form.set(k, v);
     this.#exchanges++;
     let res: Response;
     let text: string;
@@ -410,6 +468,7 @@ export class Delegator {
         description: str(body.error_description) ?? (str(body.error) ? undefined : `HTTP ${res.status}`),
         status: res.status,
         retryAfter: parseRetryAfter(res.headers.get('retry-after'), o.now()),
+        grantRequestEndpoint: str(body.grant_request_endpoint),
       });
     }
     const token = body.access_token;
@@ -433,6 +492,267 @@ export class Delegator {
     const life = expiresIn * 1000;
     const expiresAt = now + life;
     return { token, expiresAt, useUntil: expiresAt - Math.min(o.refreshBefore * 1000, life / 5) };
+  }
+
+  /**
+   * The client's credentials, the one way every call to Mandate authenticates (RFC 6749 §2.3.1,
+   * RFC 7523): a Basic header, or members for the body.
+   */
+  async #credentials(iat: number): Promise<{ authorization?: string; fields: Record<string, string> }> {
+    const o = this.#o;
+    const auth = o.clientAuth;
+    if (auth.method === 'client_secret_basic') {
+      const enc = (s: string) => encodeURIComponent(s).replace(/%20/g, '+');
+      return { authorization: `Basic ${btoa(`${enc(o.clientId)}:${enc(auth.clientSecret)}`)}`, fields: {} };
+    }
+    if (auth.method === 'client_secret_post') {
+      return { fields: { client_id: o.clientId, client_secret: auth.clientSecret } };
+    }
+    return {
+      fields: {
+        client_id: o.clientId,
+        client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+        client_assertion: await this.#assertion(iat),
+      },
+    };
+  }
+
+  /**
+   * Asks Mandate to have identity's user grant this client what `request` names (`POST
+   * /oauth2/grant-requests`, SPEC §11), for identity's agent unless `anyAgent`, and returns the link
+   * to give the user: typically after a {@link GrantRequiredError} whose `grantRequestEndpoint` is
+   * set (see `grantRequired`). Rejects with a {@link MandateError} when Mandate refuses: a
+   * {@link ClientError} for `audience_requires_admin_consent` (an admin must grant it),
+   * `consent_duration_too_long`, `invalid_grant_request` and every other refusal of the request
+   * itself; an {@link UnavailableError} when a retry may help.
+   */
+  async requestGrant(identity: Identity, request: GrantRequestOptions): Promise<GrantRequestLink> {
+    if (!identity?.actor || !identity.agent) {
+      throw new TypeError('delegator: an identity from the boundary is required');
+    }
+    const { audiences, scopes, modes, duration, purpose, anyAgent } = request ?? ({} as GrantRequestOptions);
+    if (!Array.isArray(audiences) || !Array.isArray(scopes)) {
+      throw new TypeError('delegator: a grant request needs audiences and scopes');
+    }
+    if (duration !== undefined && !(Number.isSafeInteger(duration) && duration > 0)) {
+      throw new TypeError('delegator: duration is a positive whole number of seconds');
+    }
+    const o = this.#o;
+    const now = o.now();
+    if (identity.expiresAt !== undefined && now >= identity.expiresAt * 1000) {
+      // As for an exchange: an identity is not used after the user's proof of it expired.
+      throw new ClientError({
+        code: 'identity_expired',
+        status: 0,
+        kind: 'client_error',
+        audience: audiences.join(' '),
+        operation: `a grant request for ${audiences.join(' ')}`,
+        description: "the user's token has expired",
+        tenant: identity.actor.tenant,
+        subject: identity.actor.sub,
+      });
+    }
+    const body: Record<string, unknown> = {
+      tenant: identity.actor.tenant,
+      subject: identity.actor.sub,
+      audiences: [...audiences],
+      scopes: [...scopes],
+      purpose: purpose ?? '',
+    };
+    if (!anyAgent && identity.agent.id) body.agent_id = identity.agent.id;
+    if (modes && modes.length > 0) body.modes = [...modes];
+    if (duration !== undefined) body.duration = duration;
+    const creds = await this.#credentials(Math.floor(now / 1000));
+    Object.assign(body, creds.fields);
+    const headers = new Headers({ 'content-type': 'application/json', accept: 'application/json' });
+    if (creds.authorization) headers.set('authorization', creds.authorization);
+    const what = `a grant request for ${audiences.join(' ')}`;
+    const { res, doc } = await this.#call(
+      `${o.issuer}/oauth2/grant-requests`,
+      'POST',
+      headers,
+      JSON.stringify(body),
+      {
+        audience: audiences.join(' '),
+        operation: what,
+        tenant: identity.actor.tenant,
+        subject: identity.actor.sub,
+        scopes,
+      },
+    );
+    if (res.status !== 201) throw this.#refusal(res, doc, audiences.join(' '), what);
+    const id = doc.request_id;
+    const url = doc.verification_uri_complete;
+    const expiresIn = doc.expires_in;
+    const interval = doc.interval;
+    if (
+      typeof id !== 'string' ||
+      id === '' ||
+      typeof url !== 'string' ||
+      // The link is shown to the user: it must be Mandate's own consent page.
+      !url.startsWith(`${o.issuer}/`) ||
+      typeof expiresIn !== 'number' ||
+      !(expiresIn > 0) ||
+      (interval !== undefined && typeof interval !== 'number')
+    ) {
+      throw new UnavailableError({
+        code: 'invalid_response',
+        status: res.status,
+        kind: 'unavailable',
+        audience: audiences.join(' '),
+        operation: what,
+        description: 'malformed grant request answer',
+      });
+    }
+    return {
+      requestId: id,
+      url,
+      verificationUri: typeof doc.verification_uri === 'string' ? doc.verification_uri : url,
+      expiresAt: Math.floor(now / 1000) + expiresIn,
+      interval: typeof interval === 'number' && interval > 0 ? interval : DEFAULT_POLL_INTERVAL,
+    };
+  }
+
+  /**
+   * Reads a grant request this client created (`GET /oauth2/grant-requests/{id}`; a `POST` with
+   * the credentials in the body for `client_secret_post` and `private_key_jwt`). Poll no faster
+   * than its `interval`, or use {@link Delegator.waitForGrant}.
+   */
+  async grantRequestStatus(requestId: string): Promise<GrantRequestStatus> {
+    if (typeof requestId !== 'string' || requestId === '') {
+      throw new TypeError('delegator: a grant request id is required');
+    }
+    const o = this.#o;
+    const now = o.now();
+    const creds = await this.#credentials(Math.floor(now / 1000));
+    const headers = new Headers({ accept: 'application/json' });
+    let method = 'GET';
+    let body: string | undefined;
+    if (creds.authorization) headers.set('authorization', creds.authorization);
+    else {
+      method = 'POST';
+      headers.set('content-type', 'application/x-www-form-urlencoded');
+      body = new URLSearchParams(creds.fields).toString();
+    }
+    const what = `the status of grant request ${requestId}`;
+    const url = `${o.issuer}/oauth2/grant-requests/${encodeURIComponent(requestId)}`;
+    const { res, doc } = await this.#call(url, method, headers, body, { audience: '', operation: what });
+    if (res.status !== 200) throw this.#refusal(res, doc, '', what);
+    const status = doc.status;
+    if (doc.request_id !== requestId || typeof status !== 'string' || !GRANT_REQUEST_STATES.has(status)) {
+      throw new UnavailableError({
+        code: 'invalid_response',
+        status: res.status,
+        kind: 'unavailable',
+        audience: '',
+        operation: what,
+        description: 'malformed grant request status',
+      });
+    }
+    const out: { -readonly [K in keyof GrantRequestStatus]: GrantRequestStatus[K] } = {
+      requestId,
+      status: status as GrantRequestState,
+    };
+    if (typeof doc.grant_id === 'string' && doc.grant_id !== '') out.grantId = doc.grant_id;
+    if (typeof doc.expires_in === 'number') out.expiresAt = Math.floor(now / 1000) + doc.expires_in;
+    if (typeof doc.interval === 'number' && doc.interval > 0) out.interval = doc.interval;
+    return out;
+  }
+
+  /**
+   * Polls a grant request until the user (or an admin) decides it or it expires, waiting its
+   * `interval` (as Mandate last said, at least 1 s) before each read: resolves with the final
+   * status (`approved` with `grantId`, `denied` or `expired`). A read that fails with
+   * {@link UnavailableError} is retried after `max(interval, retryAfter)` while the request can
+   * still be decided; other refusals reject. Abort with `options.signal`.
+   */
+  async waitForGrant(
+    request: GrantRequestLink | string,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<GrantRequestStatus> {
+    const id = typeof request === 'string' ? request : request.requestId;
+    let interval = typeof request === 'string' ? DEFAULT_POLL_INTERVAL : request.interval;
+    let expiresAt = typeof request === 'string' ? undefined : request.expiresAt;
+    for (;;) {
+      await sleep(Math.max(1, interval) * 1000, options.signal);
+      let st: GrantRequestStatus;
+      try {
+        st = await this.grantRequestStatus(id);
+      } catch (e) {
+        const decidable = expiresAt !== undefined && this.#o.now() < expiresAt * 1000;
+        if (!(e instanceof UnavailableError) || !decidable) throw e;
+        interval = Math.max(interval, e.retryAfter ?? 0);
+        continue;
+      }
+      if (st.status !== 'pending') return st;
+      if (st.interval !== undefined) interval = st.interval;
+      if (st.expiresAt !== undefined) expiresAt = st.expiresAt;
+    }
+  }
+
+  /** Sends one client-authenticated call to Mandate and reads its JSON answer (bounded). */
+  async #call(
+    url: string,
+    method: string,
+    headers: Headers,
+    body: string | undefined,
+    who: {
+      audience: string;
+      operation: string;
+      tenant?: string;
+      subject?: string;
+      scopes?: readonly string[];
+    },
+  ): Promise<{ res: Response; doc: Record<string, unknown> }> {
+    let res: Response;
+    let text: string;
+    try {
+      res = await this.#o.fetch(url, {
+        method,
+        headers,
+        ...(body === undefined ? {} : { body }),
+        redirect: 'error',
+        signal: AbortSignal.timeout(this.#o.timeout),
+      });
+      text = await readLimited(res, MAX_ANSWER_BYTES);
+    } catch (e) {
+      throw new UnavailableError({
+        ...who,
+        code: 'network_error',
+        status: 0,
+        description: e instanceof Error ? e.message : String(e),
+        cause: e,
+      });
+    }
+    let doc: Record<string, unknown> = {};
+    try {
+      const parsed: unknown = JSON.parse(text);
+      if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed))
+        doc = parsed as Record<string, unknown>;
+    } catch {
+      // Judged by its status.
+    }
+    return { res, doc };
+  }
+
+  /**
+   * A refusal of the grant request endpoint as a typed error. Its reasons are the token endpoint's,
+   * but none of them asks for a grant here: the request *is* the ask, so a `grant_required` reason
+   * (`scope_not_allowed`: a scope the audiences do not define) is a {@link ClientError}.
+   */
+  #refusal(res: Response, doc: Record<string, unknown>, audience: string, operation: string): MandateError {
+    const str = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined);
+    const reason = str(doc.reason);
+    return mandateError({
+      audience,
+      operation,
+      code: str(doc.error) ?? 'server_error',
+      reason,
+      description: str(doc.error_description) ?? (str(doc.error) ? undefined : `HTTP ${res.status}`),
+      status: res.status,
+      retryAfter: parseRetryAfter(res.headers.get('retry-after'), this.#o.now()),
+      ...(kindOf(res.status, reason) === 'grant_required' ? { kind: 'client_error' as const } : {}),
+    });
   }
 
   async #assertion(iat: number): Promise<string> {

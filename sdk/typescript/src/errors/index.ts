@@ -1,7 +1,7 @@
 /**
- * Typed errors for Mandate's token endpoint (sdk-contract §1).
+ * Typed errors for Mandate's token and grant request endpoints (sdk-contract §1).
  *
- * Every error answer of `POST /oauth2/token` carries `error` (RFC 6749 §5.2) and `reason`, a
+ * Every error answer of `POST /oauth2/token` (and of `/oauth2/grant-requests`) carries `error` (RFC 6749 §5.2) and `reason`, a
  * stable code. The SDK turns the pair into one of three kinds, each a subclass of
  * {@link MandateError} so that `instanceof` tells them apart:
  *
@@ -122,6 +122,13 @@ export interface MandateErrorInit {
   cause?: unknown;
   /** Overrides the kind derived from status and reason (for failures that are not Mandate's answer). */
   kind?: MandateErrorKind;
+  /**
+   * Mandate's `grant_request_endpoint`: present on a refusal for lack of a grant that the user may
+   * give themselves (SPEC §11). Kept on {@link GrantRequiredError}.
+   */
+  grantRequestEndpoint?: string;
+  /** What was refused, for the message; default `a token for <audience>`. */
+  operation?: string;
 }
 
 /**
@@ -151,8 +158,9 @@ export class MandateError extends Error {
   readonly scopes: readonly string[] | undefined;
 
   constructor(init: MandateErrorInit) {
-    let msg = `Mandate refused a token for ${init.audience}: ${init.reason ?? init.code}`;
-    if (init.code === 'network_error') msg = `Mandate could not be reached for a token for ${init.audience}`;
+    const what = init.operation ?? `a token for ${init.audience}`;
+    let msg = `Mandate refused ${what}: ${init.reason ?? init.code}`;
+    if (init.code === 'network_error') msg = `Mandate could not be reached for ${what}`;
     if (init.description) msg += ` (${init.description})`;
     super(msg, init.cause === undefined ? undefined : { cause: init.cause });
     this.name = new.target.name;
@@ -172,15 +180,41 @@ export class MandateError extends Error {
 /**
  * The user has not granted what was asked (`reason` `no_active_grant`, `scope_not_allowed`, …):
  * ask them to approve a grant request, then retry. `tenant`, `subject`, `audience` and `scopes`
- * say what to ask for.
+ * say what to ask for; `grantRequestEndpoint` is set when the audience lets the user grant it
+ * themselves (see {@link grantRequired} and the delegator's `requestGrant`).
  */
-export class GrantRequiredError extends MandateError {}
+export class GrantRequiredError extends MandateError {
+  /** Where the user can be asked (Mandate's `grant_request_endpoint`), when the audience allows it. */
+  readonly grantRequestEndpoint: string | undefined;
+
+  constructor(init: MandateErrorInit) {
+    super(init);
+    this.grantRequestEndpoint = init.grantRequestEndpoint;
+  }
+}
 
 /** The request or the configuration is wrong; retrying as is fails again. */
 export class ClientError extends MandateError {}
 
 /** Mandate or something it depends on is unavailable: retry after `retryAfter` seconds. */
 export class UnavailableError extends MandateError {}
+
+/** The refusals a user can lift by approving a grant request (as Go's `boundary.GrantRequired`). */
+const USER_CAN_GRANT: ReadonlySet<string> = new Set([
+  'no_active_grant',
+  'grant_does_not_cover_audience_or_mode',
+]);
+
+/**
+ * `e` when it is a refusal for lack of a grant that the user may give themselves (reason
+ * `no_active_grant` or `grant_does_not_cover_audience_or_mode`, on an audience whose refusal named
+ * a `grant_request_endpoint`); otherwise undefined. Other grant refusals (`scope_not_allowed`, an
+ * `admin_only` audience) need an admin or a different request.
+ */
+export function grantRequired(e: unknown): GrantRequiredError | undefined {
+  if (!(e instanceof GrantRequiredError) || !e.grantRequestEndpoint) return undefined;
+  return e.reason !== undefined && USER_CAN_GRANT.has(e.reason) ? e : undefined;
+}
 
 /** Builds the subclass of {@link MandateError} that fits the status and reason. */
 export function mandateError(init: MandateErrorInit): MandateError {

@@ -17,10 +17,12 @@ import { InvalidTokenError, ServerError } from '@modelcontextprotocol/sdk/server
 import { requireBearerAuth } from '@modelcontextprotocol/sdk/server/auth/middleware/bearerAuth.js';
 import type { OAuthTokenVerifier } from '@modelcontextprotocol/sdk/server/auth/provider.js';
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
+import { type ClientCapabilities, UrlElicitationRequiredError } from '@modelcontextprotocol/sdk/types.js';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { createRemoteJWKSet, customFetch, type JWTPayload, errors as joseErrors, jwtVerify } from 'jose';
-import type { Identity } from '../delegator/index.js';
+import type { Delegator, GrantRequestLink, GrantRequestOptions, Identity } from '../delegator/index.js';
 import type { DelegationMode } from '../envelope/index.js';
+import { type GrantRequiredError, grantRequired } from '../errors/index.js';
 import { randomId } from '../internal/random.js';
 import { newTraceId, parseTraceparent } from '../internal/trace.js';
 
@@ -463,4 +465,99 @@ export function withIdentity<P extends unknown[], R>(
     const extra = params[params.length - 1] as ToolExtra;
     return handler(identity(extra), ...params);
   };
+}
+
+/**
+ * What knows the MCP client's declared capabilities: the `McpServer` a tool is registered on (or
+ * its low-level `Server`).
+ */
+export type CapabilitiesSource =
+  | { getClientCapabilities(): ClientCapabilities | undefined }
+  | { readonly server: { getClientCapabilities(): ClientCapabilities | undefined } };
+
+function capabilitiesOf(source: CapabilitiesSource): ClientCapabilities | undefined {
+  return 'server' in source ? source.server.getClientCapabilities() : source.getClientCapabilities();
+}
+
+/**
+ * Whether the MCP client declared URL-mode elicitation (`capabilities.elicitation.url`). A
+ * stateless server that builds a fresh `McpServer` per HTTP request never sees the client's
+ * `initialize`, so it cannot know: false.
+ */
+export function supportsUrlElicitation(source: CapabilitiesSource): boolean {
+  return capabilitiesOf(source)?.elicitation?.url !== undefined;
+}
+
+/** What to tell the user about the link (as Go's `GrantRequestLink.Message`). */
+export function linkMessage(link: GrantRequestLink, purpose?: string): string {
+  const msg = `Approve access in your browser: ${link.url}`;
+  return purpose ? `${purpose}. ${msg}` : msg;
+}
+
+/**
+ * The user was asked to grant access and has not yet: thrown from a tool, the SDK turns it into a
+ * tool error whose text carries the link. `cause` is Mandate's refusal.
+ */
+export class ConsentRequiredError extends Error {
+  /** The grant request the user is asked to approve. */
+  readonly link: GrantRequestLink;
+  constructor(refusal: GrantRequiredError, link: GrantRequestLink, purpose?: string) {
+    super(`${refusal.message}. ${linkMessage(link, purpose)}`, { cause: refusal });
+    this.name = 'ConsentRequiredError';
+    this.link = link;
+  }
+}
+
+/**
+ * Turns "no grant" into "ask the user" in a tool handler (as Go's `boundary.AskUser`). When
+ * `error` is a refusal the user can lift themselves ({@link grantRequired}: `no_active_grant` or
+ * `grant_does_not_cover_audience_or_mode` on an audience that allows user consent), it creates a
+ * grant request for identity's user and returns what the tool should throw:
+ *
+ * - to a client that declared URL-mode elicitation, the SDK's `UrlElicitationRequiredError`
+ *   (JSON-RPC error -32042) naming the consent page, with the request id as `elicitationId`: the
+ *   client opens the link and retries the call once the user is done;
+ * - otherwise a {@link ConsentRequiredError}, which the SDK answers as a tool error whose text
+ *   carries the link.
+ *
+ * Any other error is returned unchanged; if the grant request itself is refused, Mandate's
+ * refusal of it is returned (its `cause` is the original error).
+ *
+ * ```ts
+ * withIdentity(async (user, args) => {
+ *   try {
+ *     return await readOrders(user, args);
+ *   } catch (e) {
+ *     throw await askUser(mandate, server, user, e, { audiences: ['orders_api'], scopes: ['orders:read'], purpose: 'Read your orders' });
+ *   }
+ * })
+ * ```
+ */
+export async function askUser(
+  delegator: Pick<Delegator, 'requestGrant'>,
+  server: CapabilitiesSource,
+  identity: Identity,
+  error: unknown,
+  ask: GrantRequestOptions,
+): Promise<unknown> {
+  const refusal = grantRequired(error);
+  if (!refusal) return error;
+  let link: GrantRequestLink;
+  try {
+    link = await delegator.requestGrant(identity, ask);
+  } catch (e) {
+    // Keep what the tool was refused for reachable from what it answers (Go joins the two).
+    if (e instanceof Error && e.cause === undefined) {
+      Object.defineProperty(e, 'cause', { value: refusal, writable: true, configurable: true });
+    }
+    return e;
+  }
+  const message = linkMessage(link, ask.purpose);
+  if (supportsUrlElicitation(server)) {
+    return new UrlElicitationRequiredError(
+      [{ mode: 'url', message, url: link.url, elicitationId: link.requestId }],
+      message,
+    );
+  }
+  return new ConsentRequiredError(refusal, link, ask.purpose);
 }
