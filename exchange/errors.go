@@ -39,15 +39,19 @@ const (
 	ReasonGrantNotCovering       = "grant_does_not_cover_audience_or_mode"
 	ReasonGrantExpiring          = "grant_expires_too_soon"
 	ReasonScopeNotAllowed        = "scope_not_allowed"
-	ReasonNoScope                = "no_effective_scope"
-	ReasonReplay                 = "envelope_replayed"
-	ReasonGrantRevoked           = "grant_revoked"
-	ReasonStorageUnavailable     = "storage_unavailable"
-	ReasonKeysUnavailable        = "client_keys_unavailable"
-	ReasonClientKeysInvalid      = "client_keys_invalid"
-	ReasonInternalError          = "internal_error"
-	ReasonSigningFailed          = "signing_failed"
-	ReasonGranted                = "granted"
+	// ReasonScopeNotRequestable is a grant request asking for a scope no grant could hold
+	// (the audiences do not define it, or the client may not have it): unlike
+	// scope_not_allowed at the token endpoint, asking the user cannot fix it.
+	ReasonScopeNotRequestable = "scope_not_requestable"
+	ReasonNoScope             = "no_effective_scope"
+	ReasonReplay              = "envelope_replayed"
+	ReasonGrantRevoked        = "grant_revoked"
+	ReasonStorageUnavailable  = "storage_unavailable"
+	ReasonKeysUnavailable     = "client_keys_unavailable"
+	ReasonClientKeysInvalid   = "client_keys_invalid"
+	ReasonInternalError       = "internal_error"
+	ReasonSigningFailed       = "signing_failed"
+	ReasonGranted             = "granted"
 )
 
 // Error is a refused or failed exchange. Description is plain words for the client and never

@@ -180,7 +180,7 @@ func (s *Service) checkGrantRequest(ctx context.Context, now time.Time, in Grant
 	for _, sc := range in.Scopes {
 		defined := slices.ContainsFunc(auds, func(a *storage.Audience) bool { return slices.Contains(a.Scopes, sc) })
 		if !defined || (len(c.AllowedScopes) > 0 && !slices.Contains(c.AllowedScopes, sc)) {
-			return nil, deny(CodeInvalidScope, ReasonScopeNotAllowed,
+			return nil, deny(CodeInvalidScope, ReasonScopeNotRequestable,
 				"a requested scope is not defined by the audiences or not allowed for this client")
 		}
 	}

@@ -87,7 +87,7 @@ func TestConsentRefusals(t *testing.T) {
 	}{
 		{"audience admin_only", "audience_requires_admin_consent", boundary.GrantRequest{Audiences: []string{BillingAudience}, Scopes: []string{"balance:read"}}},
 		{"duration over the maximum", "consent_duration_too_long", boundary.GrantRequest{Audiences: []string{OrdersAudience}, Scopes: []string{"orders:read"}, Duration: 8 * 24 * time.Hour}},
-		{"a scope the audience does not define", "scope_not_allowed", boundary.GrantRequest{Audiences: []string{OrdersAudience}, Scopes: []string{"balance:read"}}},
+		{"a scope the audience does not define", "scope_not_requestable", boundary.GrantRequest{Audiences: []string{OrdersAudience}, Scopes: []string{"balance:read"}}},
 		{"an unknown audience", "unknown_audience", boundary.GrantRequest{Audiences: []string{"nope"}, Scopes: []string{"orders:read"}}},
 		{"a mode the audience does not allow", "mode_not_allowed_for_audience", boundary.GrantRequest{Audiences: []string{OrdersAudience}, Scopes: []string{"orders:read"}, Modes: []string{"restricted_user"}}},
 	} {

@@ -278,8 +278,8 @@ def test_refusals_are_typed_by_reason(mandate: Mandate) -> None:
         assert str(e).startswith(f"Mandate refused a grant request for {orders(s)}: invalid_target")
         check(refused(d, s, duration=7200), "consent_duration_too_long")
         check(refused(d, s, scopes=[]), "invalid_grant_request")
-        # At the token endpoint scope_not_allowed asks for a grant; here the ask is wrong.
-        check(refused(d, s, scopes=["orders:read"]), "scope_not_allowed")
+        # A scope no grant could hold: asking the user cannot help.
+        check(refused(d, s, scopes=["orders:read"]), "scope_not_requestable")
         check(refused(d, s, audiences=["no-such-audience"]), "unknown_audience")
         check(refused(d, s, identity=ident(s, "kim", tenant="globex")), "tenant_not_allowed")
         with pytest.raises(MandateError) as nf:

@@ -423,8 +423,8 @@ class _Core:
         self, status: int, headers: httpx.Headers, doc: Mapping[str, Any], audience: str, operation: str
     ) -> MandateError:
         """A refusal of the grant request endpoint, typed by reason. None of its reasons asks
-        for a grant: the request *is* the ask, so a grant_required reason there
-        (scope_not_allowed: a scope the audiences do not define) is a ClientError."""
+        for a grant: the request *is* the ask, so a grant_required reason there is a
+        ClientError."""
         code, reason = doc.get("error"), str(doc.get("reason") or "")
         return error_for(
             status=status,

@@ -738,7 +738,7 @@ export class Delegator {
   /**
    * A refusal of the grant request endpoint as a typed error. Its reasons are the token endpoint's,
    * but none of them asks for a grant here: the request *is* the ask, so a `grant_required` reason
-   * (`scope_not_allowed`: a scope the audiences do not define) is a {@link ClientError}.
+   * is a {@link ClientError}.
    */
   #refusal(res: Response, doc: Record<string, unknown>, audience: string, operation: string): MandateError {
     const str = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined);

@@ -73,6 +73,7 @@ export const REASON_KINDS: Readonly<Record<string, MandateErrorKind>> = Object.f
   invalid_grant_request: 'client_error',
   audience_requires_admin_consent: 'client_error',
   consent_duration_too_long: 'client_error',
+  scope_not_requestable: 'client_error',
   grant_request_not_found: 'client_error',
   grant_request_expired: 'client_error',
   grant_request_already_decided: 'client_error',

@@ -300,9 +300,9 @@ test("Mandate's refusals of a grant request are typed by reason", async () => {
     d.requestGrant(who('kim'), { ...ask, scopes: [] }),
     refusal(ClientError, 'invalid_grant_request'),
   );
-  // At the token endpoint scope_not_allowed asks for a grant; here the ask itself is wrong.
+  // A scope no grant could hold: asking the user cannot help.
   await assert.rejects(d.requestGrant(who('kim'), { ...ask, scopes: ['orders:read'] }), (e: unknown) => {
-    refusal(ClientError, 'scope_not_allowed')(e);
+    refusal(ClientError, 'scope_not_requestable')(e);
     assert.equal((e as ClientError).kind, 'client_error');
     return true;
   });
