@@ -216,6 +216,7 @@ var reasonKinds = map[string]string{
 	"invalid_grant_request":                   KindClientError,
 	"audience_requires_admin_consent":         KindClientError,
 	"consent_duration_too_long":               KindClientError,
+	"scope_not_requestable":                   KindClientError,
 	"grant_request_not_found":                 KindClientError,
 	"grant_request_expired":                   KindClientError,
 	"grant_request_already_decided":           KindClientError,

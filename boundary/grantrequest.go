@@ -53,8 +53,56 @@ type GrantRequestStatus struct {
 	GrantID   string `json:"grant_id,omitempty"`
 }
 
-// ErrGrantRequestRefused wraps Mandate refusing to create a grant request.
+// ErrGrantRequestRefused is what every *GrantRequestError is (errors.Is): Mandate refused a
+// grant request call, or did not answer it.
 var ErrGrantRequestRefused = errors.New("boundary: Mandate refused the grant request")
+
+// GrantRequestError is Mandate refusing (or not answering) a grant request call, typed by
+// its reason like an ExchangeError: errors.Is(err, ErrUnavailable) means retry later,
+// ErrClientError that the request or the configuration is wrong.
+type GrantRequestError struct {
+	// Status is the HTTP status of Mandate's answer; 0 when none came.
+	Status      int
+	Code        string
+	Reason      string
+	Description string
+	RetryAfter  time.Duration
+
+	err error // the network failure, when no answer came
+}
+
+func (e *GrantRequestError) Error() string {
+	if e.Status == 0 {
+		return fmt.Sprintf("Mandate could not be reached for a grant request: %v", e.err)
+	}
+	return fmt.Sprintf("Mandate refused the grant request: HTTP %d %s (%s): %s", e.Status, e.Code, e.Reason, e.Description)
+}
+
+// Kind is the reason's kind (testdata/reasons.json), except that none of them asks for a
+// grant here: the request is the ask, so a grant_required reason is a client error.
+func (e *GrantRequestError) Kind() string {
+	k := (&ExchangeError{Status: e.Status, Reason: e.Reason}).Kind()
+	if k == KindGrantRequired {
+		return KindClientError
+	}
+	return k
+}
+
+// Is makes errors.Is match ErrGrantRequestRefused and the sentinel of its kind.
+func (e *GrantRequestError) Is(target error) bool {
+	switch target {
+	case ErrGrantRequestRefused:
+		return true
+	case ErrClientError:
+		return e.Kind() == KindClientError
+	case ErrUnavailable:
+		return e.Kind() == KindUnavailable
+	}
+	return false
+}
+
+// Unwrap is the network failure, when no answer came.
+func (e *GrantRequestError) Unwrap() error { return e.err }
 
 // GrantRequired reports whether err is Mandate refusing an exchange for lack of a grant the
 // user could give (reason no_active_grant or grant_does_not_cover_audience_or_mode, on an
@@ -169,17 +217,18 @@ func (d *Delegator) grantRequestCall(ctx context.Context, method, u string, body
 	}
 	resp, err := d.cfg.HTTPClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("boundary: grant request: %w", err)
+		return &GrantRequestError{err: err}
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponseBytes))
 	if err != nil {
-		return fmt.Errorf("boundary: grant request: %w", err)
+		return &GrantRequestError{err: err}
 	}
 	if resp.StatusCode != want {
 		var e tokenResponse
 		_ = json.Unmarshal(raw, &e)
-		return fmt.Errorf("%w: HTTP %d %s (%s): %s", ErrGrantRequestRefused, resp.StatusCode, e.Error, e.Reason, e.Description)
+		return &GrantRequestError{Status: resp.StatusCode, Code: e.Error, Reason: e.Reason, Description: e.Description,
+			RetryAfter: retryAfter(resp.Header.Get("Retry-After"), d.cfg.Now())}
 	}
 	return json.Unmarshal(raw, dst)
 }

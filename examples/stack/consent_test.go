@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"slices"
 	"strings"
@@ -91,8 +92,11 @@ func TestConsentRefusals(t *testing.T) {
 		{"an unknown audience", "unknown_audience", boundary.GrantRequest{Audiences: []string{"nope"}, Scopes: []string{"orders:read"}}},
 		{"a mode the audience does not allow", "mode_not_allowed_for_audience", boundary.GrantRequest{Audiences: []string{OrdersAudience}, Scopes: []string{"orders:read"}, Modes: []string{"restricted_user"}}},
 	} {
-		if _, err := ask(c.req); err == nil || !strings.Contains(err.Error(), "("+c.reason+")") {
-			t.Errorf("%s: %v, want reason %s", c.name, err, c.reason)
+		_, err := ask(c.req)
+		var gre *boundary.GrantRequestError
+		if !errors.As(err, &gre) || gre.Reason != c.reason || !errors.Is(err, boundary.ErrGrantRequestRefused) ||
+			!errors.Is(err, boundary.ErrClientError) || errors.Is(err, boundary.ErrGrantRequired) {
+			t.Errorf("%s: %v, want a client-error refusal with reason %s", c.name, err, c.reason)
 		}
 	}
 	other := *id
