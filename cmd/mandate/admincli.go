@@ -60,6 +60,12 @@ var adminCommands = map[string]map[string]adminCmd{
 		"create": {flags: grantCreateFlags, show: showObject(grantFields)},
 		"revoke": {args: "ID", flags: grantRevokeFlags, show: showObject(grantFields)},
 	},
+	"grant-requests": {
+		"list":    {flags: grantRequestListFlags, show: showList(grantRequestColumns)},
+		"get":     getCmd("/grant-requests/", grantRequestFields),
+		"approve": {args: "ID", flags: decide("approve"), show: showDecided},
+		"deny":    {args: "ID", flags: decide("deny"), show: showDecided},
+	},
 	"keys": {
 		"list":   listCmd("/keys", keyColumns),
 		"rotate": {flags: fixed("POST", "/keys/rotate"), show: showObject(keyFields)},
@@ -393,6 +399,44 @@ func grantListFlags(fs *flag.FlagSet) func(*cmdLine) (string, string, any, error
 	return func(c *cmdLine) (string, string, any, error) { return "GET", "/grants" + q(c), nil, nil }
 }
 
+func grantRequestListFlags(fs *flag.FlagSet) func(*cmdLine) (string, string, any, error) {
+	q := queryFlags(fs, append([]queryParam{
+		{"client", "client_id", "only this client's requests"},
+		{"tenant", "tenant", "only this tenant"},
+		{"subject", "subject", "only requests to this user"},
+		{"status", "status", "pending, approved, denied or expired"},
+	}, pageFlags...))
+	return func(c *cmdLine) (string, string, any, error) { return "GET", "/grant-requests" + q(c), nil, nil }
+}
+
+// decide is grant-requests approve|deny: the access-request workflow, as an admin.
+func decide(verb string) func(fs *flag.FlagSet) func(*cmdLine) (string, string, any, error) {
+	return func(*flag.FlagSet) func(*cmdLine) (string, string, any, error) {
+		return func(c *cmdLine) (string, string, any, error) {
+			return "POST", "/grant-requests/" + c.id() + "/" + verb, nil, nil
+		}
+	}
+}
+
+// showDecided prints a decided request, then the grant an approval created.
+func showDecided(w io.Writer, body []byte) error {
+	var d struct {
+		Request json.RawMessage `json:"request"`
+		Grant   json.RawMessage `json:"grant"`
+	}
+	if err := json.Unmarshal(body, &d); err != nil || d.Request == nil {
+		return fmt.Errorf("admin API answered malformed JSON")
+	}
+	if err := showObject(grantRequestFields)(w, d.Request); err != nil {
+		return err
+	}
+	if d.Grant == nil {
+		return nil
+	}
+	fmt.Fprintln(w, "\ngrant:")
+	return showObject(grantFields)(w, d.Grant)
+}
+
 func auditListFlags(fs *flag.FlagSet) func(*cmdLine) (string, string, any, error) {
 	q := queryFlags(fs, append([]queryParam{
 		{"since", "since", "from this time on (RFC 3339)"},
@@ -556,6 +600,8 @@ func audienceFlags(create bool) func(fs *flag.FlagSet) func(*cmdLine) (string, s
 		b.list("scope", "scopes", "scope the audience defines")
 		b.list("mode", "allowed_modes", "allowed mode: on_behalf_of, service_identity, restricted_user")
 		b.seconds("token-ttl", "token_ttl", "token lifetime")
+		b.str("user-consent", "user_consent", "allowed (users may grant it themselves) or admin_only")
+		b.seconds("max-consent-duration", "max_consent_duration", "the longest grant a user may give")
 		return func(c *cmdLine) (string, string, any, error) {
 			body := b.build(c)
 			if create {
@@ -610,17 +656,21 @@ func grantRevokeFlags(fs *flag.FlagSet) func(*cmdLine) (string, string, any, err
 type column struct{ header, member string }
 
 var (
-	clientColumns   = []column{{"CLIENT_ID", "client_id"}, {"NAME", "name"}, {"AUTH", "token_endpoint_auth_method"}, {"GRANT_TYPES", "grant_types"}, {"DISABLED", "disabled"}, {"CREATED", "created_at"}}
-	audienceColumns = []column{{"ID", "id"}, {"NAME", "name"}, {"SCOPES", "scopes"}, {"RESOURCES", "resource_uris"}, {"MODES", "allowed_modes"}, {"TOKEN_TTL", "token_ttl"}}
-	grantColumns    = []column{{"ID", "id"}, {"TENANT", "tenant"}, {"SUBJECT", "subject"}, {"CLIENT", "client_id"}, {"AUDIENCES", "audiences"}, {"SCOPES", "scopes"}, {"STATUS", "status"}, {"EXPIRES", "expires_at"}}
-	keyColumns      = []column{{"KID", "kid"}, {"ALG", "alg"}, {"STATUS", "status"}, {"CREATED", "created_at"}, {"ACTIVATES", "activates_at"}, {"RETIRED", "retired_at"}, {"REMOVE", "remove_at"}}
-	auditColumns    = []column{{"TIME", "time"}, {"EVENT", "event"}, {"OUTCOME", "outcome"}, {"REASON", "reason"}, {"CLIENT", "client_id"}, {"ACTOR", "actor_sub"}, {"TENANT", "tenant"}, {"AUDIENCE", "audience"}, {"TRACE", "trace_id"}}
+	clientColumns       = []column{{"CLIENT_ID", "client_id"}, {"NAME", "name"}, {"AUTH", "token_endpoint_auth_method"}, {"GRANT_TYPES", "grant_types"}, {"DISABLED", "disabled"}, {"CREATED", "created_at"}}
+	audienceColumns     = []column{{"ID", "id"}, {"NAME", "name"}, {"SCOPES", "scopes"}, {"RESOURCES", "resource_uris"}, {"MODES", "allowed_modes"}, {"TOKEN_TTL", "token_ttl"}}
+	grantColumns        = []column{{"ID", "id"}, {"TENANT", "tenant"}, {"SUBJECT", "subject"}, {"CLIENT", "client_id"}, {"AUDIENCES", "audiences"}, {"SCOPES", "scopes"}, {"STATUS", "status"}, {"EXPIRES", "expires_at"}}
+	grantRequestColumns = []column{{"ID", "id"}, {"STATUS", "status"}, {"TENANT", "tenant"}, {"SUBJECT", "subject"}, {"CLIENT", "client_id"}, {"AUDIENCES", "audiences"}, {"SCOPES", "scopes"}, {"EXPIRES", "expires_at"}}
+	keyColumns          = []column{{"KID", "kid"}, {"ALG", "alg"}, {"STATUS", "status"}, {"CREATED", "created_at"}, {"ACTIVATES", "activates_at"}, {"RETIRED", "retired_at"}, {"REMOVE", "remove_at"}}
+	auditColumns        = []column{{"TIME", "time"}, {"EVENT", "event"}, {"OUTCOME", "outcome"}, {"REASON", "reason"}, {"CLIENT", "client_id"}, {"ACTOR", "actor_sub"}, {"TENANT", "tenant"}, {"AUDIENCE", "audience"}, {"TRACE", "trace_id"}}
 
 	clientFields = []string{"client_id", "client_secret", "name", "token_endpoint_auth_method", "grant_types", "jwks_uri", "jwks",
 		"allowed_tenants", "allowed_audiences", "allowed_scopes", "allowed_modes", "service_actors", "max_envelope_lifetime", "max_token_ttl",
 		"disabled", "previous_secret_expires_at", "created_at", "updated_at"}
-	audienceFields = []string{"id", "name", "resource_uris", "scopes", "allowed_modes", "token_ttl", "created_at", "updated_at"}
-	grantFields    = []string{"id", "status", "tenant", "subject", "client_id", "agent_id", "audiences", "scopes", "modes",
+	audienceFields = []string{"id", "name", "resource_uris", "scopes", "allowed_modes", "token_ttl", "user_consent", "max_consent_duration",
+		"created_at", "updated_at"}
+	grantRequestFields = []string{"id", "status", "tenant", "subject", "client_id", "agent_id", "audiences", "scopes", "modes",
+		"duration", "purpose", "created_at", "expires_at", "decided_at", "decided_by", "grant_id"}
+	grantFields = []string{"id", "status", "tenant", "subject", "client_id", "agent_id", "audiences", "scopes", "modes",
 		"not_before", "expires_at", "created_by", "created_at", "revoked_at", "revoked_by", "revoke_reason"}
 	keyFields = []string{"kid", "alg", "status", "created_at", "activates_at", "retired_at", "remove_at"}
 )

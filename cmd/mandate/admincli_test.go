@@ -38,6 +38,7 @@ type adminFixture struct {
 	mu      sync.Mutex
 	tokens  map[string]api.Principal
 	keyList []storage.SigningKey
+	svc     *exchange.Service // the exchange behind POST /explain (and grant requests, for tests)
 }
 
 func (f *adminFixture) AuthenticateBearer(_ context.Context, token string) (api.Principal, error) {
@@ -123,8 +124,9 @@ func newAdminFixture(t *testing.T) *adminFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.svc = svc
 	f.api = httptest.NewServer(api.NewHandler(api.Deps{
-		Store: store, Hasher: h, Auth: f, Keys: f, Explain: svc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Store: store, Hasher: h, Auth: f, Keys: f, Explain: svc, GrantRequests: svc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}))
 	t.Cleanup(f.api.Close)
 	return f
@@ -327,4 +329,54 @@ func (f *adminFixture) auditOf(t *testing.T) []storage.AuditRecord {
 		t.Fatal(err)
 	}
 	return items
+}
+
+// TestAdminCLIGrantRequests: an admin lets users consent to an audience, sees the requests
+// clients made, and decides them (the access-request workflow) from the shell.
+func TestAdminCLIGrantRequests(t *testing.T) {
+	f := newAdminFixture(t)
+	out := f.ok(t, "audiences", "create", "--id", "orders", "--scope", "orders:read",
+		"--user-consent", "allowed", "--max-consent-duration", "168h")
+	if field(t, out, "user_consent") != "allowed" || field(t, out, "max_consent_duration") != "604800" {
+		t.Fatalf("audience create:\n%s", out)
+	}
+	f.ok(t, "clients", "create", "--id", "webapp", "--tenant", "acme")
+	client, err := f.store.GetClient(t.Context(), "webapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ask := func(subject string) string {
+		r, err := f.svc.CreateGrantRequest(t.Context(), exchange.GrantRequestInput{Client: client, Tenant: "acme",
+			Subject: subject, Audiences: []string{"orders"}, Scopes: []string{"orders:read"}, Purpose: "look up orders"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.ID
+	}
+	alice, bob := ask("alice"), ask("bob")
+
+	if table := rows(f.ok(t, "grant-requests", "list", "--status", "pending")); len(table) != 3 || table[0][0] != "ID" {
+		t.Fatalf("grant-requests list:\n%v", table)
+	}
+	if out := f.ok(t, "grant-requests", "get", alice); field(t, out, "subject") != "alice" || !strings.Contains(out, "look up orders") {
+		t.Errorf("grant-requests get:\n%s", out)
+	}
+	out = f.ok(t, "grant-requests", "approve", alice)
+	if field(t, out, "status") != "approved" || field(t, out, "decided_by") != "admin:mandate-admin" || !strings.Contains(out, "grant:") {
+		t.Fatalf("grant-requests approve:\n%s", out)
+	}
+	grants := rows(f.ok(t, "grants", "list", "--subject", "alice"))
+	if len(grants) != 2 || grants[1][0] != field(t, out, "grant_id") {
+		t.Errorf("the approval's grant is not listed: %v\n%s", grants, out)
+	}
+	if out := f.ok(t, "grant-requests", "deny", bob); field(t, out, "status") != "denied" || strings.Contains(out, "grant:") {
+		t.Errorf("grant-requests deny:\n%s", out)
+	}
+	// A request is decided once.
+	if _, _, err := f.cli(t, nil, "grant-requests", "deny", alice); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Errorf("deciding twice: %v", err)
+	}
+	if table := rows(f.ok(t, "grant-requests", "list", "--status", "pending")); len(table) != 1 {
+		t.Errorf("pending after both were decided:\n%v", table)
+	}
 }

@@ -23,6 +23,7 @@ var commands = []command{
 	{"clients", "manage OAuth clients (MCP servers) over the admin API"},
 	{"audiences", "manage audiences (downstream APIs) over the admin API"},
 	{"grants", "manage delegation grants over the admin API"},
+	{"grant-requests", "list grant requests, and approve or deny one as an admin"},
 	{"keys", "list and rotate Mandate's signing keys over the admin API"},
 	{"audit", "read the audit log over the admin API"},
 	{"explain", "would an exchange be granted, and why? (asks the admin API; changes nothing)"},
@@ -121,6 +122,10 @@ var adminVerbSummaries = map[string][][2]string{
 	"grants": {
 		{"list", "list grants [--tenant --subject --client --audience --status]"}, {"get ID", "show a grant"},
 		{"create", "create a delegation grant"}, {"revoke ID --reason TEXT", "revoke a grant"},
+	},
+	"grant-requests": {
+		{"list", "list grant requests [--client --tenant --subject --status]"}, {"get ID", "show a grant request"},
+		{"approve ID", "approve it as an admin: creates the grant, created_by admin:<you>"}, {"deny ID", "deny it"},
 	},
 	"keys":  {{"list", "list signing keys"}, {"rotate", "create the next signing key"}},
 	"audit": {{"list", "read the audit log, newest first [--since --until --event --outcome --client ...]"}},

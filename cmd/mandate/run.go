@@ -71,7 +71,7 @@ func dispatch(ctx context.Context, cmd string, args []string, getenv func(string
 		return nil
 	case "explain":
 		return runExplain(ctx, args, getenv, stdout, stderr)
-	case "clients", "audiences", "grants", "keys", "audit":
+	case "clients", "audiences", "grants", "grant-requests", "keys", "audit":
 		return runAdmin(ctx, append([]string{cmd}, args...), getenv, stdout, stderr)
 	default:
 		printUsage(stderr)

@@ -370,7 +370,7 @@ class _Core:
         headers["Authorization"] = "Basic " + base64.b64encode(creds).decode("ascii")
         return {}, headers
 
-    # Grant requests (SPEC §11)
+    # Grant requests (docs/protocol.md#grant-requests-and-user-consent)
 
     def grant_request(
         self,
@@ -815,7 +815,7 @@ class Delegator:
             raise self._core.network_error(audience, e) from None
         return self._core.answer(identity, audience, status, rh, body[:MAX_TOKEN_RESPONSE_BYTES])
 
-    # Grant requests (SPEC §11)
+    # Grant requests (docs/protocol.md#grant-requests-and-user-consent)
 
     def request_grant(
         self,
@@ -1126,7 +1126,7 @@ class AsyncDelegator:
             raise self._core.network_error(audience, e) from None
         return self._core.answer(identity, audience, status, rh, body[:MAX_TOKEN_RESPONSE_BYTES])
 
-    # Grant requests (SPEC §11)
+    # Grant requests (docs/protocol.md#grant-requests-and-user-consent)
 
     async def request_grant(
         self,

@@ -1,4 +1,4 @@
-"""The Execution Identity Envelope (EIE, SPEC §3): its claim types, signing keys, and a
+"""The Execution Identity Envelope (EIE, docs/eie.md): its claim types, signing keys, and a
 signer that refuses to sign what Mandate would refuse, so mistakes surface in the MCP
 server's own tests rather than as ``invalid_request`` at the token endpoint.
 
@@ -499,7 +499,7 @@ class Signer:
 
 
 def check_for_signing(c: Claims) -> None:
-    """The signer's rules (SPEC §3; Go ``checkForSigning`` + ``checkMembers``), in the
+    """The signer's rules (docs/eie.md; Go ``checkForSigning`` + ``checkMembers``), in the
     Go signer's order so both refuse with the same reason."""
     if not c.iss:
         raise EnvelopeError(REASON_MISSING_MEMBER, "iss is required")

@@ -69,7 +69,7 @@ REASON_KINDS: Final[Mapping[str, Kind]] = MappingProxyType(
         "signing_failed": "unavailable",
         "internal_error": "unavailable",
         "token_not_issued_to_client": "client_error",
-        # Grant requests (SPEC §11) and the consent pages.
+        # Grant requests (docs/protocol.md#grant-requests-and-user-consent) and the consent pages.
         "invalid_grant_request": "client_error",
         "audience_requires_admin_consent": "client_error",
         "consent_duration_too_long": "client_error",

@@ -457,7 +457,7 @@ class Boundary:
 
 
 # ---------------------------------------------------------------------------------------
-# Asking the user (SPEC §11)
+# Asking the user (docs/protocol.md#grant-requests-and-user-consent)
 
 
 class ConsentRequiredError(ToolError):

@@ -138,7 +138,7 @@ export interface TokenOptions {
   scopes?: readonly string[];
 }
 
-/** What an MCP server asks a user to grant (SPEC §11). */
+/** What an MCP server asks a user to grant (docs/protocol.md#grant-requests-and-user-consent). */
 export interface GrantRequestOptions {
   /** The audiences the grant should cover. */
   audiences: readonly string[];
@@ -519,7 +519,7 @@ export class Delegator {
 
   /**
    * Asks Mandate to have identity's user grant this client what `request` names (`POST
-   * /oauth2/grant-requests`, SPEC §11), for identity's agent unless `anyAgent`, and returns the link
+   * /oauth2/grant-requests`, docs/protocol.md#grant-requests-and-user-consent), for identity's agent unless `anyAgent`, and returns the link
    * to give the user: typically after a {@link GrantRequiredError} whose `grantRequestEndpoint` is
    * set (see `grantRequired`). Rejects with a {@link MandateError} when Mandate refuses: a
    * {@link ClientError} for `audience_requires_admin_consent` (an admin must grant it),

@@ -1,5 +1,5 @@
 /**
- * The Execution Identity Envelope (EIE, SPEC §3): its types, key generation, and a signer that
+ * The Execution Identity Envelope (EIE, docs/eie.md): its types, key generation, and a signer that
  * refuses to sign what Mandate would refuse, so mistakes show up in the MCP server's own tests
  * rather than as `invalid_request` at the token endpoint.
  *
@@ -43,7 +43,7 @@ export const MAX_JTI_LENGTH = 128;
 export type EnvelopeAlgorithm = 'ES256' | 'ES384' | 'EdDSA' | 'PS256' | 'RS256';
 const ALGORITHMS: readonly EnvelopeAlgorithm[] = ['ES256', 'ES384', 'EdDSA', 'PS256', 'RS256'];
 
-/** Delegation modes (SPEC §5). */
+/** Delegation modes (docs/eie.md#delegation-modes). */
 export type DelegationMode = 'on_behalf_of' | 'service_identity' | 'restricted_user';
 /** Actor types: a person, or a service acting as itself. */
 export type ActorType = 'user' | 'service';
@@ -224,7 +224,7 @@ function stringList(v: unknown, where: string): string[] {
 }
 
 /**
- * Checks the claims of an envelope against SPEC §3's content rules — the checks that depend on
+ * Checks the claims of an envelope against the envelope profile's content rules (docs/eie.md) — the checks that depend on
  * the claims alone, in the order the Go verifier applies them (`checkMembers`), plus the
  * profile's rule that `actor.sub` is never `"*"`. Throws an {@link EnvelopeError}.
  */

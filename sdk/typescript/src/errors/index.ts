@@ -1,5 +1,5 @@
 /**
- * Typed errors for Mandate's token and grant request endpoints (sdk-contract §1).
+ * Typed errors for Mandate's token and grant request endpoints (docs/reasons.md).
  *
  * Every error answer of `POST /oauth2/token` (and of `/oauth2/grant-requests`) carries `error` (RFC 6749 §5.2) and `reason`, a
  * stable code. The SDK turns the pair into one of three kinds, each a subclass of
@@ -69,7 +69,7 @@ export const REASON_KINDS: Readonly<Record<string, MandateErrorKind>> = Object.f
   signing_failed: 'unavailable',
   internal_error: 'unavailable',
   token_not_issued_to_client: 'client_error',
-  // Grant requests (SPEC §11) and the consent pages.
+  // Grant requests (docs/protocol.md#grant-requests-and-user-consent) and the consent pages.
   invalid_grant_request: 'client_error',
   audience_requires_admin_consent: 'client_error',
   consent_duration_too_long: 'client_error',
@@ -125,7 +125,7 @@ export interface MandateErrorInit {
   kind?: MandateErrorKind;
   /**
    * Mandate's `grant_request_endpoint`: present on a refusal for lack of a grant that the user may
-   * give themselves (SPEC §11). Kept on {@link GrantRequiredError}.
+   * give themselves (docs/protocol.md#grant-requests-and-user-consent). Kept on {@link GrantRequiredError}.
    */
   grantRequestEndpoint?: string;
   /** What was refused, for the message; default `a token for <audience>`. */
