@@ -688,7 +688,7 @@ type ExplainRefusal struct {
 	Reason string `json:"reason"`
 
 	// UserMayConsent The refusal is for lack of a grant and the audience lets users grant access
-	// themselves: the endpoint's answer names its `grant_request_endpoint` (SPEC §11).
+	// themselves: the endpoint's answer names its `grant_request_endpoint` (docs/protocol.md#grant-requests-and-user-consent).
 	UserMayConsent *bool `json:"user_may_consent,omitempty"`
 }
 
