@@ -97,6 +97,17 @@ func (d deadlineStore) RecordIssuance(ctx context.Context, iss storage.Issuance)
 	return call0(d, ctx, func(ctx context.Context) error { return d.s.RecordIssuance(ctx, iss) })
 }
 
+// RecordIssuances is a group commit's write: one deadline for the batch.
+func (d deadlineStore) RecordIssuances(ctx context.Context, iss []storage.Issuance) []error {
+	ctx, cancel := d.bound(ctx)
+	defer cancel()
+	errs := d.s.RecordIssuances(ctx, iss)
+	for i := range errs {
+		errs[i] = d.check(ctx, errs[i])
+	}
+	return errs
+}
+
 // ReplayKeyUsed is explain's read of what RecordIssuance would refuse.
 func (d deadlineStore) ReplayKeyUsed(ctx context.Context, key string) (bool, error) {
 	return call1(d, ctx, func(ctx context.Context) (bool, error) { return d.s.ReplayKeyUsed(ctx, key) })

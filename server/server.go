@@ -24,6 +24,7 @@ import (
 	"github.com/mandatehq/mandate/keys"
 	"github.com/mandatehq/mandate/secret"
 	"github.com/mandatehq/mandate/storage"
+	"github.com/mandatehq/mandate/storage/groupcommit"
 	"github.com/mandatehq/mandate/throttle"
 )
 
@@ -117,7 +118,10 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		o.DatabaseTimeout = DefaultDatabaseTimeout
 	}
 	m := newMetrics()
-	store := countingStore{Store: deadlineStore{s: o.Store, timeout: o.DatabaseTimeout}, m: m}
+	// Concurrent issuances share a commit (group commit); each caller still waits at most
+	// the database timeout for its own answer.
+	batched := groupcommit.Wrap(o.Store, groupcommit.Options{Observe: func(n int) { m.batches.Observe(float64(n)) }})
+	store := countingStore{Store: deadlineStore{s: batched, timeout: o.DatabaseTimeout}, m: m}
 	s := &Server{store: store, gcStore: deadlineStore{s: o.Store, timeout: gcTimeout}, log: o.Logger, metrics: m, pprof: o.Pprof,
 		watching: make(chan struct{})}
 

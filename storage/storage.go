@@ -57,6 +57,15 @@ type Store interface {
 	// a stuck database yields a fast 503, never a hung request. A call that gives up may
 	// still commit; it must never report success without having committed.
 	RecordIssuance(ctx context.Context, iss Issuance) error
+	// RecordIssuances commits several issuances in one transaction (one statement where the
+	// backend can): group commit, see package storage/groupcommit. Each row keeps
+	// RecordIssuance's rules on its own, and errs[i] is iss[i]'s outcome: nil once committed,
+	// ErrConflict for a used replay key or token id or a grant revoked or gone (and then
+	// nothing of that row is written), while its neighbours commit. Rows of one call may
+	// conflict with each other: the first in iss wins. An error that is not one row's own
+	// (the database failed, ctx ended) is every row's, and then none was written. len(errs)
+	// is always len(iss).
+	RecordIssuances(ctx context.Context, iss []Issuance) (errs []error)
 	// ReplayKeyUsed reports whether an issuance has used key (an Issuance.ReplayKey): what
 	// RecordIssuance would refuse for that key, asked without writing (explain answers it).
 	ReplayKeyUsed(ctx context.Context, key string) (bool, error)

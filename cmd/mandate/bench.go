@@ -13,6 +13,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -142,7 +143,13 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 	if err := b.probe(ctx); err != nil {
 		return fmt.Errorf("bench setup: %w", err)
 	}
+	gc0, gcErr := b.groupCommit(ctx)
 	res := b.load(ctx)
+	if gc1, err := b.groupCommit(context.WithoutCancel(ctx)); err == nil && gcErr == nil {
+		res.GroupCommit = gc1.since(gc0)
+	} else {
+		fmt.Fprintf(stderr, "bench: no group-commit figures from %s/metrics: %v\n", cfg.AdminURL, errors.Join(gcErr, err))
+	}
 	if cfg.JSON {
 		enc := json.NewEncoder(stdout)
 		if err := enc.Encode(res); err != nil {
@@ -644,18 +651,19 @@ func isTerminal(w io.Writer) bool {
 
 // benchResult is the report; --json prints it as is.
 type benchResult struct {
-	URL          string           `json:"url"`
-	Issuer       string           `json:"issuer"`
-	Concurrency  int              `json:"concurrency"`
-	WarmupS      float64          `json:"warmup_s"`
-	DurationS    float64          `json:"duration_s"`
-	Exchanges    int64            `json:"exchanges"`
-	Rate         float64          `json:"exchanges_per_s"`
-	Latency      latencySummary   `json:"latency_ms"`
-	Errors       int64            `json:"errors"`
-	ErrorsByCode map[string]int64 `json:"errors_by_code"`
-	Envelopes    envelopeStats    `json:"envelopes"`
-	Interrupted  bool             `json:"interrupted,omitempty"`
+	URL          string            `json:"url"`
+	Issuer       string            `json:"issuer"`
+	Concurrency  int               `json:"concurrency"`
+	WarmupS      float64           `json:"warmup_s"`
+	DurationS    float64           `json:"duration_s"`
+	Exchanges    int64             `json:"exchanges"`
+	Rate         float64           `json:"exchanges_per_s"`
+	Latency      latencySummary    `json:"latency_ms"`
+	Errors       int64             `json:"errors"`
+	ErrorsByCode map[string]int64  `json:"errors_by_code"`
+	Envelopes    envelopeStats     `json:"envelopes"`
+	GroupCommit  *groupCommitStats `json:"group_commit,omitempty"`
+	Interrupted  bool              `json:"interrupted,omitempty"`
 	// What setup created (and cleanup removed), for the audit trail.
 	Audience string `json:"audience"`
 	ClientID string `json:"client_id"`
@@ -712,6 +720,89 @@ func (r *benchResult) print(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  envelopes   %s signed before the run, %s during it, %s waits for one\n",
 		group(r.Envelopes.Preminted), group(r.Envelopes.MintedDuringRun), group(r.Envelopes.Waits))
+	if g := r.GroupCommit; g != nil {
+		fmt.Fprintf(w, "  commits     %s issuances in %s commits = %.2f rows per commit (warm-up included)", group(g.Rows), group(g.Commits), g.RowsPerCommit)
+		var sizes []string
+		prev := int64(0)
+		for _, le := range []string{"1", "2", "4", "8", "16", "32", "64", "128"} {
+			if n, ok := g.CommitsUpTo[le]; ok && n > prev {
+				sizes = append(sizes, fmt.Sprintf("≤%s: %s", le, group(n-prev)))
+				prev = n
+			}
+		}
+		if len(sizes) > 0 {
+			fmt.Fprintf(w, "; by size %s", strings.Join(sizes, ", "))
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+// groupCommitStats is what the server's mandate_issuance_batch_rows histogram saw during the
+// load, warm-up included (every issuance of the server, not only the bench's).
+type groupCommitStats struct {
+	Commits       int64   `json:"commits"`
+	Rows          int64   `json:"rows"`
+	RowsPerCommit float64 `json:"rows_per_commit"`
+	// Commits by size: how many had at most 1, 2, 4, … rows (the histogram's buckets).
+	CommitsUpTo map[string]int64 `json:"commits_up_to_rows"`
+}
+
+func (g *groupCommitStats) since(before *groupCommitStats) *groupCommitStats {
+	d := &groupCommitStats{Commits: g.Commits - before.Commits, Rows: g.Rows - before.Rows,
+		CommitsUpTo: map[string]int64{}}
+	for le, n := range g.CommitsUpTo {
+		d.CommitsUpTo[le] = n - before.CommitsUpTo[le]
+	}
+	if d.Commits > 0 {
+		d.RowsPerCommit = math.Round(float64(d.Rows)/float64(d.Commits)*100) / 100
+	}
+	return d
+}
+
+// groupCommit reads the server's batch-size histogram from the admin listener's /metrics.
+func (b *bench) groupCommit(ctx context.Context) (*groupCommitStats, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.cfg.AdminURL+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := b.httpc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, err
+	}
+	const name = "mandate_issuance_batch_rows"
+	g := &groupCommitStats{CommitsUpTo: map[string]int64{}}
+	found := false
+	for line := range strings.Lines(string(body)) {
+		metric, value, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok || !strings.HasPrefix(metric, name) {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(value, &v); err != nil {
+			continue
+		}
+		switch {
+		case metric == name+"_sum":
+			g.Rows, found = int64(v), true
+		case metric == name+"_count":
+			g.Commits = int64(v)
+		case strings.HasPrefix(metric, name+`_bucket{le="`):
+			le := strings.TrimSuffix(strings.TrimPrefix(metric, name+`_bucket{le="`), `"}`)
+			g.CommitsUpTo[le] = int64(v)
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("%s not served", name)
+	}
+	return g, nil
 }
 
 // group writes n with thousands separators.

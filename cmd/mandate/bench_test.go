@@ -28,10 +28,16 @@ type benchJSON struct {
 	ErrorsByCode map[string]int64   `json:"errors_by_code"`
 	LatencyMS    map[string]float64 `json:"latency_ms"`
 	Envelopes    map[string]int64   `json:"envelopes"`
-	Interrupted  bool               `json:"interrupted"`
-	Audience     string             `json:"audience"`
-	ClientID     string             `json:"client_id"`
-	GrantID      string             `json:"grant_id"`
+	GroupCommit  *struct {
+		Commits       int64            `json:"commits"`
+		Rows          int64            `json:"rows"`
+		RowsPerCommit float64          `json:"rows_per_commit"`
+		CommitsUpTo   map[string]int64 `json:"commits_up_to_rows"`
+	} `json:"group_commit"`
+	Interrupted bool   `json:"interrupted"`
+	Audience    string `json:"audience"`
+	ClientID    string `json:"client_id"`
+	GrantID     string `json:"grant_id"`
 }
 
 // benchServer starts Mandate with a known admin secret and returns it with an admin client
@@ -144,6 +150,12 @@ func TestBenchRunsAndCleansUp(t *testing.T) {
 	if used := res.Exchanges; used > res.Envelopes["preminted"]+res.Envelopes["minted_during_run"] {
 		t.Errorf("%d exchanges from %v envelopes", used, res.Envelopes)
 	}
+	// The server's group commit wrote every issuance of the run (warm-up included, hence at
+	// least the measured ones) in commits of at most 128 rows, the histogram's top bucket.
+	if g := res.GroupCommit; g == nil || g.Rows < res.Exchanges || g.Commits <= 0 || g.Commits > g.Rows ||
+		g.CommitsUpTo["128"] != g.Commits || math.Abs(g.RowsPerCommit-float64(g.Rows)/float64(g.Commits)) > 0.01 {
+		t.Errorf("group_commit figures do not add up: %+v (exchanges %d)\nstderr:\n%s", g, res.Exchanges, stderr.String())
+	}
 	if !strings.Contains(stderr.String(), "exchanges") {
 		t.Errorf("no progress line on stderr:\n%s", stderr.String())
 	}
@@ -173,7 +185,7 @@ func TestBenchRunsAndCleansUp(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bench (text): %v\n%s", err, stderr2.String())
 	}
-	for _, want := range []string{"exchanges", "/s", "p50", "p90", "p99", "max", "errors      0\n"} {
+	for _, want := range []string{"exchanges", "/s", "p50", "p90", "p99", "max", "errors      0\n", "rows per commit"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("text report lacks %q:\n%s", want, out)
 		}

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -81,4 +82,167 @@ func (s *Store) RecordIssuance(ctx context.Context, iss storage.Issuance) error 
 		}
 		return nil
 	})
+}
+
+// recordIssuances is RecordIssuances' single statement: the rows travel as one array per
+// column (binary, no per-row parameters), so a batch of any size is one round trip and one
+// commit. Per row it applies recordIssuance's rules:
+//
+//   - g locks, FOR SHARE and in id order, the batch's grants that exist unrevoked; a row whose
+//     grant is not among them is not inserted. The lock order keeps concurrent batches (other
+//     replicas) from deadlocking on each other; a revocation waits for the batch or makes it
+//     skip that grant's rows, as for one row.
+//   - ON CONFLICT DO NOTHING, with every unique index as arbiter, skips a row whose replay key
+//     or token id is used (by a committed row, by a concurrent batch once it commits, or by an
+//     earlier row of this batch) instead of failing the statement, so one replay does not
+//     fail its neighbours. Rows go in replay-key order, again so that two batches wait on
+//     each other's index entries in one order, and in the batch's order within a key, so the
+//     first of the batch's rows with one key is the one written.
+//   - RETURNING names the rows written; every other row conflicted.
+//
+// The scope lists go as JSON text, because a Postgres array of arrays would be flattened by
+// unnest.
+const recordIssuances = `WITH v AS (
+	SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+		$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+		$13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[],
+		$20::text[], $21::text[], $22::timestamptz[], $23::text[]) WITH ORDINALITY
+	AS v(id, time, event, outcome, reason, client_id, agent_id, actor_sub, tenant,
+		delegation_mode, trace_id, session_id, audience, requested_scopes, granted_scopes,
+		envelope_jti, token_jti, grant_id, remote_addr, detail, actor_type, token_expires_at,
+		replay_key, n)
+), g AS (
+	SELECT id FROM grants
+	WHERE id IN (SELECT grant_id FROM v WHERE grant_id <> '') AND revoked_at IS NULL
+	ORDER BY id
+	FOR SHARE
+)
+INSERT INTO audit_log (` + auditCols + `, token_expires_at, replay_key)
+SELECT id, time, event, outcome, reason, client_id, agent_id, actor_sub, tenant,
+	delegation_mode, trace_id, session_id, audience,
+	ARRAY(SELECT jsonb_array_elements_text(requested_scopes::jsonb)),
+	ARRAY(SELECT jsonb_array_elements_text(granted_scopes::jsonb)),
+	envelope_jti, token_jti, grant_id, remote_addr, detail::jsonb, actor_type, token_expires_at,
+	replay_key
+FROM v
+WHERE grant_id = '' OR grant_id IN (SELECT id FROM g)
+ORDER BY replay_key, n
+ON CONFLICT DO NOTHING
+RETURNING id`
+
+// RecordIssuances implements storage.Store: one statement for the whole batch (a batch of
+// one is RecordIssuance's own statement, so low load pays nothing for batching).
+func (s *Store) RecordIssuances(ctx context.Context, iss []storage.Issuance) []error {
+	errs := make([]error, len(iss))
+	valid := make([]int, 0, len(iss)) // indexes into iss of the rows that go to the database
+	for i := range iss {
+		if errs[i] = storage.CheckIssuance(&iss[i]); errs[i] == nil {
+			valid = append(valid, i)
+		}
+	}
+	switch len(valid) {
+	case 0:
+		return errs
+	case 1:
+		errs[valid[0]] = s.RecordIssuance(ctx, iss[valid[0]])
+		return errs
+	}
+	cols := newIssuanceColumns(len(valid))
+	for _, i := range valid {
+		cols.add(&iss[i])
+	}
+	written := make(map[string]bool, len(valid))
+	err := s.write(ctx, func(q querier) error {
+		rows, err := q.Query(ctx, recordIssuances, cols.args()...)
+		if err != nil {
+			return mapErr(err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return mapErr(err)
+			}
+			written[id] = true
+		}
+		return mapErr(rows.Err())
+	})
+	for _, i := range valid {
+		switch {
+		case err != nil:
+			errs[i] = err
+		case !written[iss[i].Audit.ID]:
+			errs[i] = fmt.Errorf("%w: replay key or token id already used, or grant %q revoked or gone",
+				storage.ErrConflict, iss[i].Audit.GrantID)
+		}
+	}
+	return errs
+}
+
+// issuanceColumns holds a batch column by column, in recordIssuances' parameter order.
+type issuanceColumns struct {
+	id, event, outcome, reason, clientID, agentID, actorSub, tenant, mode, traceID, sessionID,
+	audience, requested, granted, envelopeJTI, tokenJTI, grantID, remoteAddr, actorType,
+	replayKey []string
+	detail           []*string
+	time, tokenExpAt []time.Time
+}
+
+func newIssuanceColumns(n int) *issuanceColumns {
+	c := &issuanceColumns{detail: make([]*string, 0, n), time: make([]time.Time, 0, n),
+		tokenExpAt: make([]time.Time, 0, n)}
+	for _, col := range c.strings() {
+		*col = make([]string, 0, n)
+	}
+	return c
+}
+
+func (c *issuanceColumns) strings() []*[]string {
+	return []*[]string{&c.id, &c.event, &c.outcome, &c.reason, &c.clientID, &c.agentID,
+		&c.actorSub, &c.tenant, &c.mode, &c.traceID, &c.sessionID, &c.audience, &c.requested,
+		&c.granted, &c.envelopeJTI, &c.tokenJTI, &c.grantID, &c.remoteAddr, &c.actorType,
+		&c.replayKey}
+}
+
+// add appends one issuance.
+func (c *issuanceColumns) add(iss *storage.Issuance) {
+	r := &iss.Audit
+	requested, _ := json.Marshal(list(r.RequestedScopes)) // a []string always encodes
+	granted, _ := json.Marshal(list(r.GrantedScopes))
+	var detail *string
+	if len(r.Detail) > 0 {
+		d := string(r.Detail)
+		detail = &d
+	}
+	c.id = append(c.id, r.ID)
+	c.time = append(c.time, ts(r.Time))
+	c.event = append(c.event, r.Event)
+	c.outcome = append(c.outcome, r.Outcome)
+	c.reason = append(c.reason, r.Reason)
+	c.clientID = append(c.clientID, r.ClientID)
+	c.agentID = append(c.agentID, r.AgentID)
+	c.actorSub = append(c.actorSub, r.ActorSub)
+	c.tenant = append(c.tenant, r.Tenant)
+	c.mode = append(c.mode, r.DelegationMode)
+	c.traceID = append(c.traceID, r.TraceID)
+	c.sessionID = append(c.sessionID, r.SessionID)
+	c.audience = append(c.audience, r.Audience)
+	c.requested = append(c.requested, string(requested))
+	c.granted = append(c.granted, string(granted))
+	c.envelopeJTI = append(c.envelopeJTI, r.EnvelopeJTI)
+	c.tokenJTI = append(c.tokenJTI, r.TokenJTI)
+	c.grantID = append(c.grantID, r.GrantID)
+	c.remoteAddr = append(c.remoteAddr, r.RemoteAddr)
+	c.detail = append(c.detail, detail)
+	c.actorType = append(c.actorType, r.ActorType)
+	c.tokenExpAt = append(c.tokenExpAt, ts(iss.TokenExpiresAt))
+	c.replayKey = append(c.replayKey, iss.ReplayKey)
+}
+
+// args are the columns in recordIssuances' parameter order ($1 … $23).
+func (c *issuanceColumns) args() []any {
+	return []any{c.id, c.time, c.event, c.outcome, c.reason, c.clientID, c.agentID, c.actorSub,
+		c.tenant, c.mode, c.traceID, c.sessionID, c.audience, c.requested, c.granted,
+		c.envelopeJTI, c.tokenJTI, c.grantID, c.remoteAddr, c.detail, c.actorType, c.tokenExpAt,
+		c.replayKey}
 }

@@ -69,24 +69,53 @@ func (s *Store) RecordIssuance(ctx context.Context, iss storage.Issuance) error 
 	if err := storage.CheckIssuance(&iss); err != nil {
 		return err
 	}
-	grantID := iss.Audit.GrantID
-	return s.withTx(ctx, func(tx *sql.Tx) error {
-		if grantID != "" {
-			var revoked sql.NullInt64
-			err := tx.StmtContext(ctx, s.hot.grantRevokedAt).QueryRowContext(ctx, grantID).Scan(&revoked)
-			switch {
-			case errors.Is(err, sql.ErrNoRows):
-				return fmt.Errorf("%w: grant %s no longer exists", storage.ErrConflict, grantID)
-			case err != nil:
-				return mapErr(err)
-			case revoked.Valid:
-				return fmt.Errorf("%w: grant %s is revoked", storage.ErrConflict, grantID)
+	return s.withTx(ctx, func(tx *sql.Tx) error { return s.insertIssuance(ctx, tx, &iss) })
+}
+
+// RecordIssuances implements storage.Store: one BEGIN IMMEDIATE transaction, hence one
+// fsync, for the whole batch, which on SQLite is the whole win of group commit. Each row is
+// RecordIssuance's grant check and insert; a row that conflicts is left out and the others
+// go on, because SQLite undoes only the failed statement, not the transaction.
+func (s *Store) RecordIssuances(ctx context.Context, iss []storage.Issuance) []error {
+	errs := make([]error, len(iss))
+	err := s.withTx(ctx, func(tx *sql.Tx) error {
+		for i := range iss {
+			if errs[i] = storage.CheckIssuance(&iss[i]); errs[i] != nil {
+				continue
 			}
+			err := s.insertIssuance(ctx, tx, &iss[i])
+			if err != nil && !errors.Is(err, storage.ErrConflict) {
+				return err
+			}
+			errs[i] = err
 		}
-		args := append(auditArgs(&iss.Audit), micros(iss.TokenExpiresAt), iss.ReplayKey)
-		_, err := tx.StmtContext(ctx, s.hot.insertIssuance).ExecContext(ctx, args...)
-		return mapErr(err)
+		return nil
 	})
+	if err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+	}
+	return errs
+}
+
+// insertIssuance is one issuance's statements inside a write transaction.
+func (s *Store) insertIssuance(ctx context.Context, tx *sql.Tx, iss *storage.Issuance) error {
+	if grantID := iss.Audit.GrantID; grantID != "" {
+		var revoked sql.NullInt64
+		err := tx.StmtContext(ctx, s.hot.grantRevokedAt).QueryRowContext(ctx, grantID).Scan(&revoked)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("%w: grant %s no longer exists", storage.ErrConflict, grantID)
+		case err != nil:
+			return mapErr(err)
+		case revoked.Valid:
+			return fmt.Errorf("%w: grant %s is revoked", storage.ErrConflict, grantID)
+		}
+	}
+	args := append(auditArgs(&iss.Audit), micros(iss.TokenExpiresAt), iss.ReplayKey)
+	_, err := tx.StmtContext(ctx, s.hot.insertIssuance).ExecContext(ctx, args...)
+	return mapErr(err)
 }
 
 const insertIssuance = `INSERT INTO audit_log (` + auditCols + `, token_expires_at, replay_key)

@@ -15,6 +15,9 @@ var tokenCases = []testCase{
 	{"RecordIssuanceRefusesWhatIsNoIssuance", testRecordIssuanceInvalid},
 	{"RecordIssuanceRevokedGrant", testRecordIssuanceRevokedGrant},
 	{"ConcurrentRecordIssuanceOneWinner", testRecordIssuanceRace},
+	{"RecordIssuancesRowByRow", testRecordIssuancesRows},
+	{"RecordIssuancesGrantRevokedDuringBatch", testRecordIssuancesRevokedMidBatch},
+	{"ConcurrentRecordIssuancesOneWinner", testRecordIssuancesRace},
 	{"TokenStateFollowsGrant", testTokenStateGrant},
 	{"TokenStateFollowsClient", testTokenStateClient},
 	{"RevokeToken", testRevokeToken},
@@ -391,3 +394,183 @@ func testDeleteExpiredTokens(t *testing.T, s storage.Store) {
 		t.Errorf("second DeleteExpiredTokens removed %d revocations, want 0", n)
 	}
 }
+
+// A batch (group commit) keeps each row's rules on its own: a replay or a revoked grant fails
+// that row, never its neighbours, and what a failed row would have used stays free.
+func testRecordIssuancesRows(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	withGrant(t, s, "grt_1", now)
+	mustDo(t, s.CreateGrant(ctx, makeGrant("grt_2", now, grantSpec{})), "CreateGrant grt_2")
+	mustDo(t, s.CreateGrant(ctx, makeGrant("grt_revoked", now, grantSpec{})), "CreateGrant grt_revoked")
+	_, err := s.RevokeGrant(ctx, "grt_revoked", "sec_team", "", now)
+	mustDo(t, err, "RevokeGrant")
+	used := makeIssuance("jti_used", "eie|used", "grt_1", now)
+	mustDo(t, s.RecordIssuance(ctx, used), "RecordIssuance before the batch")
+
+	if errs := s.RecordIssuances(ctx, nil); len(errs) != 0 {
+		t.Errorf("RecordIssuances of nothing = %v, want no results", errs)
+	}
+
+	invalid := makeIssuance("jti_invalid", "eie|invalid", "", now)
+	invalid.TokenExpiresAt = time.Time{}
+	dupJTI := makeIssuance("jti_used", "eie|dup_jti", "grt_1", now)
+	dupJTI.Audit.ID, dupJTI.Audit.TraceID = "evt_dup_jti", "trace_dup_jti"
+	// The batch's second use of a key, though its jti and id sort first: the first row wins.
+	second := makeIssuance("jti_a2", "eie|twice", "grt_2", now)
+	second.Audit.ID = "evt_a2"
+	batch := []struct {
+		iss  storage.Issuance
+		want error // nil: committed; ErrConflict; errAny: a plain error
+	}{
+		{makeIssuance("jti_a", "eie|a", "grt_1", now), nil},
+		{makeIssuance("jti_replay", "eie|used", "grt_1", now), storage.ErrConflict},
+		{makeIssuance("jti_b", "eie|twice", "grt_1", now), nil},
+		{second, storage.ErrConflict},
+		{makeIssuance("jti_revoked", "eie|revoked", "grt_revoked", now), storage.ErrConflict},
+		{makeIssuance("jti_gone", "eie|gone", "grt_missing", now), storage.ErrConflict},
+		{dupJTI, storage.ErrConflict},
+		{invalid, errAny},
+		{makeIssuance("jti_cc", "", "", now), nil},
+		{makeIssuance("jti_c", "eie|c", "grt_2", now), nil},
+	}
+	in := make([]storage.Issuance, len(batch))
+	for i := range batch {
+		in[i] = batch[i].iss
+	}
+	errs := s.RecordIssuances(ctx, in)
+	if len(errs) != len(batch) {
+		t.Fatalf("RecordIssuances answered %d results for %d issuances", len(errs), len(batch))
+	}
+	for i, b := range batch {
+		what := "RecordIssuances row " + b.iss.Audit.TokenJTI + " (" + b.iss.Audit.ID + ")"
+		switch {
+		case b.want == nil:
+			mustDo(t, errs[i], what)
+			st, err := s.GetTokenState(ctx, b.iss.Audit.TokenJTI)
+			mustDo(t, err, "GetTokenState after "+what)
+			checkEqual(t, "token state after "+what, st, stateOf(t, s, b.iss))
+			wantKeyUsed(t, s, b.iss.ReplayKey, b.iss.ReplayKey != "", "the key of "+what)
+		case b.want == errAny:
+			if errs[i] == nil || errors.Is(errs[i], storage.ErrConflict) {
+				t.Errorf("%s: err = %v, want a plain error", what, errs[i])
+			}
+			wantNoIssuance(t, s, b.iss, what)
+		default:
+			wantErr(t, errs[i], b.want, what)
+			if b.iss.Audit.TokenJTI != "jti_used" {
+				wantNoIssuance(t, s, b.iss, what)
+			}
+		}
+	}
+	items, _, err := s.ListAudit(ctx, storage.AuditFilter{TraceID: "trace_dup_jti"})
+	mustDo(t, err, "ListAudit")
+	if len(items) != 0 {
+		t.Errorf("the row with a taken jti left %d audit records", len(items))
+	}
+
+	// What the refused rows would have used is free.
+	again := []storage.Issuance{
+		makeIssuance("jti_revoked", "eie|revoked", "grt_1", now),
+		makeIssuance("jti_gone", "eie|dup_jti", "grt_2", now),
+	}
+	for i, err := range s.RecordIssuances(ctx, again) {
+		mustDo(t, err, "RecordIssuances with the jti and key of a refused row "+again[i].Audit.TokenJTI)
+	}
+}
+
+// A revocation that commits while a batch waits for its grant: that grant's rows fail, the
+// others commit. The revocation holds its transaction open until the batch has been started,
+// so the batch has to wait for it (on Postgres for the grant's row lock, on SQLite for the
+// write lock) and then decide on the committed revocation.
+func testRecordIssuancesRevokedMidBatch(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	withGrant(t, s, "grt_1", now)
+	mustDo(t, s.CreateGrant(ctx, makeGrant("grt_2", now, grantSpec{})), "CreateGrant grt_2")
+	batch := []storage.Issuance{
+		makeIssuance("jti_1", "eie|1", "grt_1", now),
+		makeIssuance("jti_2", "eie|2", "grt_2", now),
+		makeIssuance("jti_3", "eie|3", "grt_1", now),
+		makeIssuance("jti_4", "eie|4", "grt_2", now),
+	}
+	started := make(chan struct{})
+	var errs []error
+	done := make(chan struct{})
+	err := s.InTx(ctx, func(tx storage.Store) error {
+		if _, err := tx.RevokeGrant(ctx, "grt_2", "sec_team", "", now); err != nil {
+			return err
+		}
+		go func() {
+			defer close(done)
+			close(started)
+			errs = s.RecordIssuances(ctx, batch)
+		}()
+		<-started
+		time.Sleep(200 * time.Millisecond) // let the batch reach the lock the revocation holds
+		return nil
+	})
+	mustDo(t, err, "RevokeGrant in a transaction")
+	<-done
+	for i, iss := range batch {
+		what := "RecordIssuances row " + iss.Audit.TokenJTI + " of " + iss.Audit.GrantID
+		if iss.Audit.GrantID == "grt_2" {
+			wantErr(t, errs[i], storage.ErrConflict, what+" (revoked during the batch)")
+			wantNoIssuance(t, s, iss, what)
+			continue
+		}
+		mustDo(t, errs[i], what)
+		_, err := s.GetTokenState(ctx, iss.Audit.TokenJTI)
+		mustDo(t, err, "GetTokenState after "+what)
+	}
+}
+
+// Batches from several replicas race for one envelope: exactly one row wins in all of them.
+func testRecordIssuancesRace(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	withGrant(t, s, "grt_1", now)
+	const n, per = 4, 3
+	errs := make([][]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			var batch []storage.Issuance
+			for j := range per {
+				// Each batch holds the contested key and keys of its own, in both orders.
+				key := fmt.Sprintf("eie|own_%d_%d", i, j)
+				if j == (i % per) {
+					key = "eie|contested"
+				}
+				batch = append(batch, makeIssuance(fmt.Sprintf("jti_%d_%d", i, j), key, "grt_1", now))
+			}
+			<-start
+			errs[i] = s.RecordIssuances(ctx, batch)
+		})
+	}
+	close(start)
+	wg.Wait()
+	winners := 0
+	for i := range n {
+		for j := range per {
+			err := errs[i][j]
+			if j != i%per {
+				mustDo(t, err, fmt.Sprintf("batch %d row %d (a key of its own)", i, j))
+				continue
+			}
+			switch {
+			case err == nil:
+				winners++
+			case !errors.Is(err, storage.ErrConflict):
+				t.Errorf("batch %d, contested row: %v", i, err)
+			}
+		}
+	}
+	if winners != 1 {
+		t.Errorf("%d batches issued the contested key, want exactly 1", winners)
+	}
+}
+
+// errAny stands for "some error, neither ErrConflict nor nil" in tables of expected outcomes.
+var errAny = errors.New("any plain error")
