@@ -56,6 +56,7 @@ type benchConfig struct {
 	Envelopes   int
 	Timeout     time.Duration
 	JSON        bool
+	PostgresPID int // the postmaster, when it runs on this machine: its tree's CPU is reported
 }
 
 func parseBenchConfig(args []string, getenv func(string) string, stdout io.Writer) (*benchConfig, error) {
@@ -73,6 +74,7 @@ func parseBenchConfig(args []string, getenv func(string) string, stdout io.Write
 	fe.int(&c.Envelopes, "envelopes", "", 0, "envelopes signed before the clock starts; 0: enough for 5000/s over warmup+duration")
 	fe.duration(&c.Timeout, "timeout", "", 10*time.Second, "per-request timeout")
 	fe.bool(&c.JSON, "json", "", false, "print one JSON object instead of text")
+	fe.int(&c.PostgresPID, "postgres-pid", "", 0, "the postmaster's pid, when Postgres runs on this machine: report its CPU (and its children's) per exchange (Linux /proc)")
 	if err := fe.parse(args, getenv); err != nil {
 		return nil, err
 	}
@@ -87,6 +89,13 @@ func parseBenchConfig(args []string, getenv func(string) string, stdout io.Write
 		return nil, usagef("bench: --envelopes must not be negative")
 	case c.Timeout <= 0:
 		return nil, usagef("bench: --timeout must be positive")
+	case c.PostgresPID < 0:
+		return nil, usagef("bench: --postgres-pid must be a process id")
+	}
+	if c.PostgresPID > 0 {
+		if _, err := treeCPU("/proc", c.PostgresPID); err != nil {
+			return nil, usagef("bench: --postgres-pid %d: %v", c.PostgresPID, err)
+		}
 	}
 	for name, v := range map[string]string{"url": c.URL, "admin-url": c.AdminURL} {
 		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -559,6 +568,31 @@ func (b *bench) load(ctx context.Context) *benchResult {
 		})
 	}
 
+	// The database's CPU over the measured window, read as the window opens and closes.
+	var pgFrom, pgTo time.Duration
+	var pgErr error
+	pgDone := make(chan struct{})
+	go func() {
+		defer close(pgDone)
+		if cfg.PostgresPID == 0 {
+			return
+		}
+		for _, at := range []struct {
+			when time.Time
+			dst  *time.Duration
+		}{{measureFrom, &pgFrom}, {measureTo, &pgTo}} {
+			select {
+			case <-time.After(time.Until(at.when)):
+			case <-loadCtx.Done():
+				pgErr = errors.New("interrupted")
+				return
+			}
+			if *at.dst, pgErr = treeCPU("/proc", cfg.PostgresPID); pgErr != nil {
+				return
+			}
+		}
+	}()
+
 	done := make(chan struct{})
 	progressDone := make(chan struct{})
 	go func() {
@@ -600,6 +634,10 @@ func (b *bench) load(ctx context.Context) *benchResult {
 	res.Latency = latencySummary{
 		Min: ms(h.min), Mean: ms(h.mean()), P50: ms(h.quantile(0.50)), P90: ms(h.quantile(0.90)),
 		P99: ms(h.quantile(0.99)), P999: ms(h.quantile(0.999)), Max: ms(h.max),
+	}
+	<-pgDone // at measureTo, or at once when the run was interrupted (loadCtx ended with ctx)
+	if cfg.PostgresPID > 0 && pgErr == nil && okMeasured.Load() > 0 {
+		res.PostgresCPUPerExchangeUS = math.Round(float64((pgTo - pgFrom).Microseconds()) / float64(okMeasured.Load()))
 	}
 	res.Envelopes = envelopeStats{Preminted: b.preminted, MintedDuringRun: b.refilled.Load(), Waits: b.starved.Load()}
 	return res
@@ -663,7 +701,10 @@ type benchResult struct {
 	ErrorsByCode map[string]int64  `json:"errors_by_code"`
 	Envelopes    envelopeStats     `json:"envelopes"`
 	GroupCommit  *groupCommitStats `json:"group_commit,omitempty"`
-	Interrupted  bool              `json:"interrupted,omitempty"`
+	// PostgresCPUPerExchangeUS is --postgres-pid's process tree's CPU over the measured
+	// window per successful exchange, in microseconds (resolution 10 ms over the window).
+	PostgresCPUPerExchangeUS float64 `json:"postgres_cpu_us_per_exchange,omitempty"`
+	Interrupted              bool    `json:"interrupted,omitempty"`
 	// What setup created (and cleanup removed), for the audit trail.
 	Audience string `json:"audience"`
 	ClientID string `json:"client_id"`
@@ -720,6 +761,9 @@ func (r *benchResult) print(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  envelopes   %s signed before the run, %s during it, %s waits for one\n",
 		group(r.Envelopes.Preminted), group(r.Envelopes.MintedDuringRun), group(r.Envelopes.Waits))
+	if r.PostgresCPUPerExchangeUS > 0 {
+		fmt.Fprintf(w, "  postgres    %.0f µs CPU per exchange (the postmaster and its children, measured window)\n", r.PostgresCPUPerExchangeUS)
+	}
 	if g := r.GroupCommit; g != nil {
 		fmt.Fprintf(w, "  commits     %s issuances in %s commits = %.2f rows per commit (warm-up included)", group(g.Rows), group(g.Commits), g.RowsPerCommit)
 		var sizes []string

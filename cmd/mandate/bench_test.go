@@ -8,8 +8,10 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -34,10 +36,11 @@ type benchJSON struct {
 		RowsPerCommit float64          `json:"rows_per_commit"`
 		CommitsUpTo   map[string]int64 `json:"commits_up_to_rows"`
 	} `json:"group_commit"`
-	Interrupted bool   `json:"interrupted"`
-	Audience    string `json:"audience"`
-	ClientID    string `json:"client_id"`
-	GrantID     string `json:"grant_id"`
+	PostgresCPU float64 `json:"postgres_cpu_us_per_exchange"`
+	Interrupted bool    `json:"interrupted"`
+	Audience    string  `json:"audience"`
+	ClientID    string  `json:"client_id"`
+	GrantID     string  `json:"grant_id"`
 }
 
 // benchServer starts Mandate with a known admin secret and returns it with an admin client
@@ -107,7 +110,9 @@ func TestBenchRunsAndCleansUp(t *testing.T) {
 	var stderr syncBuffer
 	out, err := runBenchCmd(context.Background(), env, &stderr,
 		"--url", inst.PublicURL, "--admin-url", inst.AdminURL,
-		"--duration", "2s", "--warmup", "300ms", "--concurrency", "4", "--envelopes", "2000", "--json")
+		"--duration", "2s", "--warmup", "300ms", "--concurrency", "4", "--envelopes", "2000", "--json",
+		// The server runs inside this test's process: its CPU stands in for the postmaster's.
+		"--postgres-pid", strconv.Itoa(os.Getpid()))
 	if err != nil {
 		t.Fatalf("bench: %v\nstderr:\n%s", err, stderr.String())
 	}
@@ -149,6 +154,9 @@ func TestBenchRunsAndCleansUp(t *testing.T) {
 	// Every counted exchange used its own envelope: the stock plus the refills cover them.
 	if used := res.Exchanges; used > res.Envelopes["preminted"]+res.Envelopes["minted_during_run"] {
 		t.Errorf("%d exchanges from %v envelopes", used, res.Envelopes)
+	}
+	if res.PostgresCPU <= 0 {
+		t.Errorf("postgres_cpu_us_per_exchange = %v with --postgres-pid set, want > 0", res.PostgresCPU)
 	}
 	// The server's group commit wrote every issuance of the run (warm-up included, hence at
 	// least the measured ones) in commits of at most 128 rows, the histogram's top bucket.
@@ -265,6 +273,7 @@ func TestBenchSetupFailures(t *testing.T) {
 		for _, args := range [][]string{
 			{"--concurrency", "0"}, {"--duration", "0s"}, {"--warmup", "-1s"}, {"--envelopes", "-5"},
 			{"--url", "localhost:8080"}, {"--admin-url", "ftp://x"}, {"extra"},
+			{"--postgres-pid", "-1"}, {"--postgres-pid", "999999999"},
 		} {
 			_, err := runBenchCmd(context.Background(), env, &syncBuffer{}, args...)
 			if !errors.As(err, new(usageError)) {
