@@ -149,22 +149,23 @@ func (b *Batcher[T]) run(batch []*call[T]) {
 	}
 }
 
-// flushContext is the batch's own context: no single caller's cancellation may fail its
-// neighbours' rows, so it ends only at the latest of their deadlines, when nobody is left
-// waiting for the answer. A caller without a deadline waits as long as the database does,
-// and so does the batch it is in.
+// flushContext is the batch's own context. No caller's cancellation ends it: one request
+// whose client went away must not fail its neighbours. It ends at the earliest of the callers'
+// deadlines, because a caller whose deadline passes is answered 503 and will retry: a backend
+// that honours ctx then cancels the whole batch's statement rather than commit that caller's
+// row behind its back (its envelope would be used up by a token nobody received). The others
+// are answered 503 too, at most one commit's time early. Callers without a deadline set none.
 func flushContext[T any](batch []*call[T]) (context.Context, context.CancelFunc) {
-	var latest time.Time
+	var earliest time.Time
 	for _, c := range batch {
-		d, ok := c.ctx.Deadline()
-		if !ok {
-			return context.WithCancel(context.Background())
-		}
-		if d.After(latest) {
-			latest = d
+		if d, ok := c.ctx.Deadline(); ok && (earliest.IsZero() || d.Before(earliest)) {
+			earliest = d
 		}
 	}
-	return context.WithDeadline(context.Background(), latest)
+	if earliest.IsZero() {
+		return context.WithCancel(context.Background())
+	}
+	return context.WithDeadline(context.Background(), earliest)
 }
 
 // Store is a storage.Store whose RecordIssuance goes through a Batcher to the backend's
@@ -199,8 +200,8 @@ func (s *Store) RecordIssuance(ctx context.Context, iss storage.Issuance) error 
 	if d, ok := ctx.Deadline(); ok && errors.Is(err, storage.ErrUnavailable) && !time.Now().Before(d) {
 		// The batch's time was its callers' time (flushContext): the database did not answer
 		// before this caller's own deadline, and that is what the caller is told, exactly as
-		// when it waits for the database itself. The batch's timer may fire a moment before
-		// the caller's; the caller's follows at once.
+		// when it waits for the database itself. When the batch's deadline was this caller's,
+		// its timer may fire a moment before the caller's; the caller's follows at once.
 		<-ctx.Done()
 		return ctx.Err()
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/mandatehq/mandate/storage"
+	"github.com/mandatehq/mandate/storage/groupcommit"
 	"github.com/mandatehq/mandate/storage/storagetest"
 )
 
@@ -435,6 +436,62 @@ func TestRecordIssuancesIsOneRoundTrip(t *testing.T) {
 			if wantConflict := i == n-1; errors.Is(err, storage.ErrConflict) != wantConflict || (!wantConflict && err != nil) {
 				t.Errorf("batch of %d, row %d: %v", n, i, err)
 			}
+		}
+	}
+}
+
+// A group commit that reaches the earliest deadline of its callers is cancelled whole: every
+// caller is answered unavailable, none later than its own deadline, and no row of the batch
+// is written behind their backs (each envelope stays usable for the retry).
+func TestGroupCommitCutShortWritesNothing(t *testing.T) {
+	s := openStore(t, Options{})
+	ctx := t.Context()
+	grantID := issuanceFixture(t, s)
+	// Another transaction holds the grant's row: every issuance under it waits (FOR SHARE).
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM grants WHERE id = $1 FOR UPDATE`, grantID); err != nil {
+		t.Fatal(err)
+	}
+	gs := groupcommit.Wrap(s, groupcommit.Options{})
+	call := func(name string, timeout time.Duration, out chan<- error) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		start := time.Now()
+		err := gs.RecordIssuance(ctx, issuance(grantID, "jti_"+name, "env|"+name))
+		if took := time.Since(start); took > timeout+time.Second {
+			err = fmt.Errorf("%s answered after %s, its deadline was %s: %w", name, took, timeout, err)
+		}
+		out <- err
+	}
+	first := make(chan error, 1)
+	go call("first", 300*time.Millisecond, first) // a batch of its own, stuck on the lock
+	time.Sleep(100 * time.Millisecond)
+	second, third := make(chan error, 1), make(chan error, 1)
+	go call("second", 800*time.Millisecond, second) // these two wait, and then share a batch
+	go call("third", time.Minute, third)            // cut short at second's deadline
+	for name, ch := range map[string]chan error{"first": first, "second": second, "third": third} {
+		select {
+		case err := <-ch:
+			if !errors.Is(err, storage.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("%s: %v, want unavailable", name, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no answer 10 s into a batch whose earliest deadline was under 1 s", name)
+		}
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"first", "second", "third"} {
+		if _, err := s.GetTokenState(ctx, "jti_"+name); !errors.Is(err, storage.ErrNotFound) {
+			t.Errorf("%s's row after its batch was cut short: %v, want none", name, err)
+		}
+		if used, err := s.ReplayKeyUsed(ctx, "env|"+name); err != nil || used {
+			t.Errorf("%s's envelope used up by a batch that was cut short (%v)", name, err)
 		}
 	}
 }
