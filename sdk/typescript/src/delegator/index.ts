@@ -431,34 +431,7 @@ export class Delegator {
     if (creds.authorization) headers.set('authorization', creds.authorization);
     for (const [k, v] of Object.entries(creds.fields)) form.set(k, v);
     this.#exchanges++;
-    let res: Response;
-    let text: string;
-    try {
-      res = await o.fetch(o.tokenEndpoint, {
-        method: 'POST',
-        headers,
-        body: form.toString(),
-        redirect: 'error',
-        signal: AbortSignal.timeout(o.timeout),
-      });
-      text = await readLimited(res, MAX_ANSWER_BYTES);
-    } catch (e) {
-      throw new UnavailableError({
-        ...who,
-        code: 'network_error',
-        status: 0,
-        description: e instanceof Error ? e.message : String(e),
-        cause: e,
-      });
-    }
-    let body: Record<string, unknown> = {};
-    try {
-      const parsed: unknown = JSON.parse(text);
-      if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed))
-        body = parsed as Record<string, unknown>;
-    } catch {
-      // An answer that is not JSON is judged by its status below.
-    }
+    const { res, doc: body } = await this.#call(o.tokenEndpoint, 'POST', headers, form.toString(), who);
     if (res.status !== 200) {
       const str = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined);
       throw mandateError({
@@ -698,7 +671,7 @@ export class Delegator {
     body: string | undefined,
     who: {
       audience: string;
-      operation: string;
+      operation?: string;
       tenant?: string;
       subject?: string;
       scopes?: readonly string[];
