@@ -8,7 +8,8 @@
 //
 // Correctness under concurrency rests on Postgres, never on Go-side locks: read-modify-write
 // updates lock their row (SELECT ... FOR UPDATE), replay marks rely on the primary key, and
-// RecordIssuance, the token endpoint's hot path, is a single statement.
+// RecordIssuance, the token endpoint's hot path, is a single statement, as is RecordIssuances
+// for a whole group-committed batch.
 //
 // This package must not import other storage backends or anything above storage; it is the
 // only importer of pgx.
