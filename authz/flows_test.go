@@ -238,7 +238,12 @@ func TestIntrospectionAndRevocation(t *testing.T) {
 		wantError(t, e.post("/oauth2/revoke", clientID, url.Values{}), 400, "invalid_request")
 		items, _, err := st.ListAudit(ctx, storage.AuditFilter{Event: authz.EventRevoke, Outcome: storage.OutcomeGranted})
 		if err != nil || len(items) != 1 || items[0].ClientID != clientID {
-			t.Errorf("revoke audit: %+v %v", items, err)
+			t.Fatalf("revoke audit: %+v %v", items, err)
+		}
+		// The record names the token's actor as the token does, its type included, so a
+		// service actor's revocation never reads as a user's.
+		if a := items[0]; a.ActorType != envelope.ActorUser || a.ActorSub != userSub || a.AgentID != agentID || a.TraceID != "req_abc" {
+			t.Errorf("revoke audit identities: actor %q/%q agent %q trace %q", a.ActorType, a.ActorSub, a.AgentID, a.TraceID)
 		}
 
 		// Revoking the grant deactivates its tokens at once, and refuses the next exchange.

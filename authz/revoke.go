@@ -41,7 +41,7 @@ func (s *Server) handleRevoke() http.Handler {
 			GrantID: st.record.GrantID, RemoteAddr: hostOf(r.RemoteAddr),
 		}
 		if c := st.claims; c != nil {
-			rec.ActorSub, rec.AgentID, rec.Tenant = c.ActorSub, c.AgentID, c.Tenant
+			rec.ActorType, rec.ActorSub, rec.AgentID, rec.Tenant = c.ActorType, c.ActorSub, c.AgentID, c.Tenant
 			rec.DelegationMode, rec.TraceID, rec.SessionID = c.DelegationMode, c.TraceID, c.SessionID
 		}
 		// The revocation and its audit record commit together, like an issuance.
