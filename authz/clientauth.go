@@ -187,7 +187,11 @@ func (a *authenticator) privateKeyJWT(ctx context.Context, form url.Values) (fos
 	key, err := ks.Key(ctx, hdr.Kid)
 	if err != nil {
 		if errors.Is(err, envelope.ErrKeysUnavailable) {
-			return nil, fmt.Errorf("%w: client keys: %w", errUnavailable, err)
+			// The client's own key server, not Mandate's store: the token exchange's reason
+			// for the same failure, so a client can tell whom to blame.
+			return nil, &oauthError{code: "temporarily_unavailable", reason: exchange.ReasonKeysUnavailable,
+				description: "the client's signing keys could not be obtained; retry later",
+				status:      http.StatusServiceUnavailable, cause: err}
 		}
 		return nil, bad("unknown kid", err)
 	}

@@ -434,6 +434,20 @@ func TestClientAuthentication(t *testing.T) {
 		e.wantToken(t, e.post("/oauth2/token", "", assert(good, "jwt-key")))
 		// A secret for a private_key_jwt client is refused.
 		wantError(t, e.do("/oauth2/token", ccForm(), func(r *http.Request) { r.SetBasicAuth("jwt-client", "x") }), 401, "invalid_client")
+
+		// A client whose jwks_uri cannot be fetched (here: a loopback address, refused
+		// without --allow-loopback-jwks-uri) is answered 503 client_keys_unavailable, as the
+		// token exchange does for its envelope keys: the store is fine, and a retry may work.
+		e.addClient(&storage.Client{ID: "remote-keys", TokenEndpointAuthMethod: authz.AuthPrivateKeyJWT,
+			GrantTypes: []string{"client_credentials"}, AllowedScopes: []string{"x"},
+			JWKSURI: "https://127.0.0.1:1/jwks.json"})
+		rc := claims()
+		rc["iss"], rc["sub"] = "remote-keys", "remote-keys"
+		r = e.post("/oauth2/token", "", assert(rc, "jwt-key"))
+		if r.status != http.StatusServiceUnavailable || r.str("error") != "temporarily_unavailable" ||
+			r.str("reason") != "client_keys_unavailable" || r.header.Get("Retry-After") == "" {
+			t.Errorf("private_key_jwt with unreachable keys: %d %s (Retry-After %q)", r.status, r.raw, r.header.Get("Retry-After"))
+		}
 	})
 }
 
