@@ -535,6 +535,38 @@ func TestBadInput(t *testing.T) {
 	wantError(t, e.post("/oauth2/token", clientID, url.Values{"scope": {"x"}}), 400, "invalid_request")
 }
 
+// An exchange whose client's envelope keys cannot be fetched is answered 503
+// client_keys_unavailable and, the store being fine, audited as an error like any failed
+// decision (only a failing store goes unrecorded: recording would fail the same way).
+func TestClientKeysUnavailableIsAudited(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st storage.Store) {
+		e := newEnv(t, st)
+		const id = "remote-keys"
+		e.addClient(&storage.Client{ID: id, AllowedTenants: []string{tenant},
+			JWKSURI: "https://127.0.0.1:1/jwks.json"}) // loopback: refused, as if unreachable
+		priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		signer, err := envelope.NewSigner(priv, id+"-key1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		signer.Now = e.clock.Now
+		e.signers[id] = signer
+
+		r := e.post("/oauth2/token", id, exchangeForm(e.envelope(id, nil), ordersAPI))
+		if r.status != http.StatusServiceUnavailable || r.str("reason") != "client_keys_unavailable" {
+			t.Fatalf("exchange with unreachable client keys: %d %s", r.status, r.raw)
+		}
+		items, _, err := st.ListAudit(context.Background(), storage.AuditFilter{ClientID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(items) != 1 || items[0].Outcome != storage.OutcomeError || items[0].Reason != "client_keys_unavailable" ||
+			items[0].Event != exchange.EventTokenExchange {
+			t.Errorf("audit records of the failed exchange: %+v, want one error record with reason client_keys_unavailable", items)
+		}
+	})
+}
+
 func TestStorageDown(t *testing.T) {
 	e := newEnv(t, openSQLite(t))
 	tok := e.envelope(clientID, nil)

@@ -231,9 +231,10 @@ func (s *Service) audit(ctx context.Context, now time.Time, rec *storage.AuditRe
 		s.log.ErrorContext(ctx, "token request failed", "event", rec.Event, "client_id", rec.ClientID,
 			"reason", e.Reason, "err", errors.Unwrap(e))
 	}
-	if e.Code == CodeTemporarilyUnavailable {
+	if e.Reason == ReasonStorageUnavailable {
 		// The store is what failed: a record of that would wait for it as long again (a held
 		// lock, a stalled server) and most likely fail the same way. The log line stands in.
+		// Other 503s (a client's unreachable jwks_uri) are decisions like any other.
 		return
 	}
 	if aerr := s.store.AppendAudit(ctx, rec); aerr != nil {
