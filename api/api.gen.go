@@ -404,7 +404,7 @@ type AuditRecord struct {
 	// Event `token_exchange`, `client_credentials`, `revoke`, `admin.*` (an admin's change,
 	// and `admin.explain`), `grant_request.create`, `grant_request.approve` and
 	// `grant_request.deny` (`client_id` is the requesting client; an admin's decision
-	// names the admin in `detail.decided_by`), `consent.sign_in`, `consent.refused` and
+	// names the admin in `detail.decided_by` as `admin:<client_id>`), `consent.sign_in`, `consent.refused` and
 	// `consent.revoke` (the user's own actions on the consent and account pages), or
 	// `client_authentication_failed`: one record per remote address and minute
 	// aggregating the requests refused before their client was authenticated (no
