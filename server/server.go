@@ -48,6 +48,9 @@ type Options struct {
 	// SQLite waits for another process's lock without looking at contexts: open it with
 	// sqlite.Options{BusyTimeout} no longer than this.
 	DatabaseTimeout time.Duration
+	// MaxActDepth bounds an on_behalf_of token's act chain, the agent included (zero: the
+	// exchange's default, 4).
+	MaxActDepth int
 	// CacheTTL is how long clients, audiences and grants are cached (zero: the exchange's
 	// default; negative: no cache). Admin changes reach every replica at once through the
 	// store's change feed; the TTL is the safety net for a change the feed missed.
@@ -163,7 +166,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		KeySets:  exchange.NewKeySets(exchange.RemoteKeySets(envelope.RemoteOptions{AllowLoopback: o.AllowLoopbackJWKSURI})),
 		Signer:   s.keys,
 		Logger:   o.Logger,
-	}, exchange.Config{Issuer: o.Issuer, CacheTTL: o.CacheTTL})
+	}, exchange.Config{Issuer: o.Issuer, CacheTTL: o.CacheTTL, MaxActDepth: o.MaxActDepth})
 	if err != nil {
 		return nil, err
 	}

@@ -45,6 +45,7 @@ func newApp(ctx context.Context, cfg *config, log *slog.Logger, stdout io.Writer
 		KeyRotation:          cfg.KeyRotation,
 		KeyPublishAhead:      cfg.KeyPublishAhead,
 		DatabaseTimeout:      cfg.DatabaseTimeout,
+		MaxActDepth:          cfg.MaxActDepth,
 		BootstrapAdminSecret: cfg.BootstrapAdminSecret,
 		Pprof:                cfg.Pprof,
 		AllowLoopbackJWKSURI: cfg.AllowLoopbackJWKSURI,

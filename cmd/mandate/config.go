@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mandatehq/mandate/exchange"
 	"github.com/mandatehq/mandate/server"
 	"github.com/mandatehq/mandate/throttle"
 )
@@ -23,6 +24,7 @@ type config struct {
 	Database         string
 	DatabaseMaxConns int
 	DatabaseTimeout  time.Duration
+	MaxActDepth      int
 	AutoMigrate      bool
 	SigningAlg       string
 	KeyRotation      time.Duration
@@ -146,6 +148,7 @@ func parseServeConfig(args []string, getenv func(string) string, stdout io.Write
 	fe.string(&c.LogFormat, "log-format", "MANDATE_LOG_FORMAT", "auto", "text, json, or auto (text on a terminal, JSON otherwise)")
 	fe.duration(&c.LogRepeat, "log-repeat-interval", "MANDATE_LOG_REPEAT_INTERVAL", server.DefaultRepeatInterval, "log a repeated warning or error once per interval, with a count (0: every time)")
 	fe.duration(&c.DatabaseTimeout, "database-timeout", "MANDATE_DATABASE_TIMEOUT", server.DefaultDatabaseTimeout, "longest wait for the database per call (connection and locks included); then 503")
+	fe.int(&c.MaxActDepth, "max-act-depth", "MANDATE_MAX_ACT_DEPTH", exchange.DefaultMaxActDepth, "deepest act chain an on_behalf_of token may carry, the agent included (1: no envelope act chain at all)")
 	fe.bool(&c.Pprof, "pprof", "MANDATE_PPROF", false, "serve /debug/pprof on the admin listener")
 	fe.string(&c.OIDCIssuer, "oidc-issuer", "MANDATE_OIDC_ISSUER", "", "the organisation's OpenID Connect provider, for the consent pages (none: sign-in is off)")
 	fe.string(&c.OIDCClientID, "oidc-client-id", "MANDATE_OIDC_CLIENT_ID", "", "Mandate's client id at that provider (secret: MANDATE_OIDC_CLIENT_SECRET)")
@@ -194,6 +197,9 @@ func (c *config) validate() error {
 	}
 	if c.Database == "" {
 		return usagef("--database (MANDATE_DATABASE_URL) is empty")
+	}
+	if c.MaxActDepth < 1 || c.MaxActDepth > 32 {
+		return usagef("invalid --max-act-depth (MANDATE_MAX_ACT_DEPTH) %d: between 1 and 32", c.MaxActDepth)
 	}
 	if c.DatabaseTimeout < 100*time.Millisecond {
 		return usagef("invalid --database-timeout (MANDATE_DATABASE_TIMEOUT) %s: at least 100ms", c.DatabaseTimeout)

@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -1204,4 +1205,26 @@ func TestE2EMetadataAndJWKS(t *testing.T) {
 			}
 		}
 	})
+}
+
+// --max-act-depth reaches the token endpoint: at 2, an envelope's chain of one (two with the
+// agent) is issued and a chain of two is refused, where the default of 4 would issue both.
+func TestE2EMaxActDepthFlag(t *testing.T) {
+	env, args := sqliteBackend(t)
+	s := startE2E(t, env, append(args, "--max-act-depth", "2")...)
+	main := provision(t, s).main
+	for i, c := range []struct {
+		act    *envelope.Act
+		status int
+	}{
+		{&envelope.Act{Sub: "upstream"}, http.StatusOK},
+		{&envelope.Act{Sub: "upstream", Act: &envelope.Act{Sub: "further"}}, http.StatusBadRequest},
+	} {
+		cl := main.claims(s, "user_1", "depth-"+strconv.Itoa(i), "orders:read")
+		cl.Act = c.act
+		r := s.post(t, "/oauth2/token", teForm(main.sign(t, cl), "orders_api"), main.auth())
+		if r.status != c.status || (c.status != http.StatusOK && r.str("reason") != "act_chain_too_deep") {
+			t.Errorf("envelope chain of %d with --max-act-depth 2: %d %s", c.act.Depth(), r.status, r.raw)
+		}
+	}
 }

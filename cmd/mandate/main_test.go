@@ -196,6 +196,8 @@ func TestBadConfigurationExitsWithUsageError(t *testing.T) {
 		{"bad alg env", []string{"serve"}, map[string]string{"MANDATE_SIGNING_ALG": "HS256"}, "MANDATE_SIGNING_ALG"},
 		{"bad duration env", []string{"serve"}, map[string]string{"MANDATE_KEY_ROTATION": "soon"}, "MANDATE_KEY_ROTATION (--key-rotation)"},
 		{"database timeout too short", []string{"serve", "--database-timeout", "1ms"}, nil, "--database-timeout (MANDATE_DATABASE_TIMEOUT)"},
+		{"act depth zero", []string{"serve", "--max-act-depth", "0"}, nil, "--max-act-depth (MANDATE_MAX_ACT_DEPTH)"},
+		{"act depth too deep", []string{"serve"}, map[string]string{"MANDATE_MAX_ACT_DEPTH": "99"}, "--max-act-depth (MANDATE_MAX_ACT_DEPTH)"},
 		{"negative repeat interval", []string{"serve"}, map[string]string{"MANDATE_LOG_REPEAT_INTERVAL": "-1s"}, "--log-repeat-interval (MANDATE_LOG_REPEAT_INTERVAL)"},
 		{"issuer trailing slash", []string{"serve", "--issuer", "https://mandate.example/"}, nil, "--issuer (MANDATE_ISSUER)"},
 		{"postgres without secret", []string{"serve", "--database", "postgres://127.0.0.1:1/x"}, nil, "MANDATE_SECRET is required"},
