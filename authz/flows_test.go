@@ -533,6 +533,22 @@ func TestBadInput(t *testing.T) {
 	f.Set("client_assertion", strings.Repeat("a", 8193))
 	wantError(t, e.post("/oauth2/token", "", f), 400, "invalid_request")
 	wantError(t, e.post("/oauth2/token", clientID, url.Values{"scope": {"x"}}), 400, "invalid_request")
+
+	// A wrong method is answered in OAuth's format too, with a reason and the methods allowed.
+	for path, allow := range map[string]string{"/oauth2/token": "POST", "/oauth2/introspect": "POST",
+		"/oauth2/revoke": "POST", "/oauth2/grant-requests": "POST", "/oauth2/grant-requests/gr_x": "GET, POST"} {
+		for _, method := range []string{http.MethodGet, http.MethodPut, http.MethodDelete} {
+			if strings.Contains(allow, method) {
+				continue
+			}
+			req, _ := http.NewRequest(method, e.srv.URL+path, nil)
+			r := e.send(req)
+			if r.status != http.StatusMethodNotAllowed || r.str("error") != "invalid_request" || r.str("reason") != "malformed_request" ||
+				r.header.Get("Allow") != allow || !strings.HasPrefix(r.header.Get("Content-Type"), "application/json") {
+				t.Errorf("%s %s: %d %q Allow %q", method, path, r.status, r.raw, r.header.Get("Allow"))
+			}
+		}
+	}
 }
 
 // An exchange whose client's envelope keys cannot be fetched is answered 503

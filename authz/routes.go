@@ -1,6 +1,9 @@
 package authz
 
-import "net/http"
+import (
+	"net/http"
+	"strings"
+)
 
 // routes lists every endpoint of the public listener.
 func (s *Server) routes() *http.ServeMux {
@@ -16,5 +19,25 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("POST "+PathGrantRequests+"/{id}", s.handleGetGrantRequest())
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", s.handleReadyz())
+
+	// The OAuth endpoints answer a wrong method in their own format, with a reason, like
+	// every other error of theirs (the mux's own 405 is plain text). A pattern without a
+	// method loses to the ones above for the methods they name.
+	for path, allow := range map[string][]string{
+		PathToken: {"POST"}, PathIntrospect: {"POST"}, PathRevoke: {"POST"},
+		PathGrantRequests: {"POST"}, PathGrantRequests + "/{id}": {"GET", "POST"},
+	} {
+		mux.Handle(path, s.methodNotAllowed(allow))
+	}
 	return mux
+}
+
+func (s *Server) methodNotAllowed(allow []string) http.Handler {
+	methods := strings.Join(allow, ", ")
+	err := &oauthError{code: "invalid_request", reason: ReasonMalformedRequest,
+		description: "this endpoint accepts " + strings.Join(allow, " or ") + " only", status: http.StatusMethodNotAllowed}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", methods)
+		writeError(w, r, s.log, err)
+	})
 }
