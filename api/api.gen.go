@@ -1094,8 +1094,11 @@ type ListAuditParams struct {
 	ActorSub *Subject   `form:"actor_sub,omitempty" json:"actor_sub,omitempty"`
 	AgentID  *AgentID   `form:"agent_id,omitempty" json:"agent_id,omitempty"`
 	Tenant   *Tenant    `form:"tenant,omitempty" json:"tenant,omitempty"`
-	Audience *ID        `form:"audience,omitempty" json:"audience,omitempty"`
-	TraceID  *string    `form:"trace_id,omitempty" json:"trace_id,omitempty"`
+
+	// Audience An audience id, or what else a record names as its audience: Mandate's issuer
+	// for `client_credentials` tokens, the resource URI of a refused request.
+	Audience *string `form:"audience,omitempty" json:"audience,omitempty"`
+	TraceID  *string `form:"trace_id,omitempty" json:"trace_id,omitempty"`
 
 	// Cursor The `next_cursor` of the previous page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`

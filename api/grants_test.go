@@ -278,7 +278,8 @@ func TestAuditList(t *testing.T) {
 			{Event: "token_exchange", Outcome: "granted", ClientID: "webapp", ActorSub: "u1", AgentID: "a1", Tenant: "acme", Audience: "orders", TraceID: "t1",
 				RequestedScopes: []string{"orders:read"}, GrantedScopes: []string{"orders:read"}, TokenJTI: "j1"},
 			{Event: "token_exchange", Outcome: "denied", Reason: "no_grant", ClientID: "webapp", ActorSub: "u2", Tenant: "acme", Audience: "orders", TraceID: "t2"},
-			{Event: "client_credentials", Outcome: "granted", ClientID: "svc", Tenant: "beta", TraceID: "t3"},
+			{Event: "client_credentials", Outcome: "granted", ClientID: "svc", Tenant: "beta", TraceID: "t3",
+				Audience: "https://mandate.example.com"}, // a client_credentials token's audience is the issuer
 		} {
 			rec.ID = storage.NewID("evt")
 			rec.Time = base.Add(time.Duration(i) * time.Minute)
@@ -296,7 +297,7 @@ func TestAuditList(t *testing.T) {
 		}
 		for q, want := range map[string]int{
 			"outcome=denied": 1, "client_id=webapp": 2, "actor_sub=u1": 1, "agent_id=a1": 1, "tenant=beta": 1,
-			"audience=orders": 2, "trace_id=t2": 1, "event=token_exchange": 2, "event=admin.client.create": 0,
+			"audience=orders": 2, "audience=" + url.QueryEscape("https://mandate.example.com"): 1, "trace_id=t2": 1, "event=token_exchange": 2, "event=admin.client.create": 0,
 			"since=" + url.QueryEscape(base.Add(time.Minute).Format(time.RFC3339Nano)): 2,
 			"until=" + url.QueryEscape(base.Add(time.Minute).Format(time.RFC3339Nano)): 1,
 		} {

@@ -65,6 +65,7 @@ func TestTextStoresCanKeep(t *testing.T) {
 			{req{method: "GET", path: "/admin/v1/audit?actor_sub=a%00"}, "actor_sub"},
 			{req{method: "GET", path: "/admin/v1/audit?tenant=%ff"}, "tenant"},
 			{req{method: "GET", path: "/admin/v1/audit?event=%ff%fe"}, "event"},
+			{req{method: "GET", path: "/admin/v1/audit?audience=https://a%00b"}, "audience"},
 		} {
 			tc.r.token = tokAdmin
 			wantProblem(t, e.call(tc.r), 400, tc.field)
