@@ -78,11 +78,17 @@ func (s *Store) RecordIssuance(ctx context.Context, iss storage.Issuance) error 
 // go on, because SQLite undoes only the failed statement, not the transaction.
 func (s *Store) RecordIssuances(ctx context.Context, iss []storage.Issuance) []error {
 	errs := make([]error, len(iss))
+	valid := make([]int, 0, len(iss)) // the rows that go to the database
+	for i := range iss {
+		if errs[i] = storage.CheckIssuance(&iss[i]); errs[i] == nil {
+			valid = append(valid, i)
+		}
+	}
+	if len(valid) == 0 {
+		return errs
+	}
 	err := s.withTx(ctx, func(tx *sql.Tx) error {
-		for i := range iss {
-			if errs[i] = storage.CheckIssuance(&iss[i]); errs[i] != nil {
-				continue
-			}
+		for _, i := range valid {
 			err := s.insertIssuance(ctx, tx, &iss[i])
 			if err != nil && !errors.Is(err, storage.ErrConflict) {
 				return err
@@ -91,8 +97,8 @@ func (s *Store) RecordIssuances(ctx context.Context, iss []storage.Issuance) []e
 		}
 		return nil
 	})
-	if err != nil {
-		for i := range errs {
+	if err != nil { // nothing was written: the failure is every row's that went in
+		for _, i := range valid {
 			errs[i] = err
 		}
 	}
