@@ -22,7 +22,9 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -766,10 +768,19 @@ func (r *benchResult) print(w io.Writer) {
 	}
 	if g := r.GroupCommit; g != nil {
 		fmt.Fprintf(w, "  commits     %s issuances in %s commits = %.2f rows per commit (warm-up included)", group(g.Rows), group(g.Commits), g.RowsPerCommit)
+		// The server's buckets, in order: each counts the commits of at most that many rows.
+		bounds := make([]float64, 0, len(g.CommitsUpTo))
+		for le := range g.CommitsUpTo {
+			if v, err := strconv.ParseFloat(le, 64); err == nil && !math.IsInf(v, 0) {
+				bounds = append(bounds, v)
+			}
+		}
+		slices.Sort(bounds)
 		var sizes []string
 		prev := int64(0)
-		for _, le := range []string{"1", "2", "4", "8", "16", "32", "64", "128"} {
-			if n, ok := g.CommitsUpTo[le]; ok && n > prev {
+		for _, v := range bounds {
+			le := strconv.FormatFloat(v, 'f', -1, 64)
+			if n := g.CommitsUpTo[le]; n > prev {
 				sizes = append(sizes, fmt.Sprintf("≤%s: %s", le, group(n-prev)))
 				prev = n
 			}
