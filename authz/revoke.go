@@ -47,7 +47,7 @@ func (s *Server) handleRevoke() http.Handler {
 		// The revocation and its audit record commit together, like an issuance.
 		ctx := r.Context()
 		err := s.store.InTx(ctx, func(tx storage.Store) error {
-			if err := tx.RevokeToken(ctx, st.record.JTI, now); err != nil {
+			if err := tx.RevokeToken(ctx, st.record.JTI, storage.IssuedAt(st.record.IssuedAt), now); err != nil {
 				return err
 			}
 			return tx.AppendAudit(ctx, rec)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/mandatehq/mandate/exchange"
 	"github.com/mandatehq/mandate/keys"
@@ -108,7 +109,7 @@ func (s *Server) inspect(ctx context.Context, token string) (*tokenState, error)
 		st.why = "no jti"
 		return st, nil
 	}
-	rec, err := s.store.GetTokenState(ctx, cl.JTI)
+	rec, err := s.store.GetTokenState(ctx, cl.JTI, time.Unix(cl.IssuedAt, 0))
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
 		st.why = "no issuance record"

@@ -63,7 +63,7 @@ func (s *Service) clientCredentials(ctx context.Context, now time.Time, req Clie
 		ttl = min(ttl, c.MaxTokenTTL)
 	}
 	ttl = max(ttl.Truncate(time.Second), time.Second)
-	iat := now.Truncate(time.Second)
+	iat := storage.IssuedAt(now)
 	claims := TokenClaims{
 		Issuer: s.cfg.Issuer, Subject: c.ID, Audience: s.cfg.Issuer,
 		IssuedAt: iat.Unix(), ExpiresAt: iat.Add(ttl).Unix(), JTI: storage.NewID("at"),

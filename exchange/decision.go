@@ -338,7 +338,10 @@ func (e *evaluation) issue(ctx context.Context) error {
 	rec.Outcome, rec.Reason = storage.OutcomeGranted, ReasonGranted
 	rec.ID, rec.Time = storage.NewID("evt"), e.now
 	exp := e.issuedAt().Add(e.ttl)
-	err = e.svc.store.RecordIssuance(ctx, storage.Issuance{Audit: *rec, TokenExpiresAt: exp, ReplayKey: key})
+	// The envelope is accepted until ClockSkew past its exp (envelope.Verify): its key must
+	// stay used that long.
+	err = e.svc.store.RecordIssuance(ctx, storage.Issuance{Audit: *rec, TokenExpiresAt: exp,
+		ReplayKey: key, ReplayExpiresAt: env.ExpiresAt.Add(envelope.ClockSkew)})
 	if err != nil {
 		rec.TokenJTI, rec.GrantedScopes, rec.ID = "", nil, "" // nothing was issued
 		if errors.Is(err, storage.ErrConflict) {
@@ -355,7 +358,7 @@ func (e *evaluation) issue(ctx context.Context) error {
 }
 
 // issuedAt is the token's iat: whole seconds, as JWTs carry it.
-func (e *evaluation) issuedAt() time.Time { return e.now.Truncate(time.Second) }
+func (e *evaluation) issuedAt() time.Time { return storage.IssuedAt(e.now) }
 
 // tokenClaims are the claims of the token the evaluation issues (SPEC §5).
 func (e *evaluation) tokenClaims(jti string) TokenClaims {

@@ -69,9 +69,19 @@ func (g *writeGuard) RevokeGrant(ctx context.Context, id, by, reason string, at 
 	return g.Store.RevokeGrant(ctx, id, by, reason, at)
 }
 
-func (g *writeGuard) RevokeToken(ctx context.Context, jti string, at time.Time) error {
+func (g *writeGuard) RevokeToken(ctx context.Context, jti string, iat, at time.Time) error {
 	g.wrote()
-	return g.Store.RevokeToken(ctx, jti, at)
+	return g.Store.RevokeToken(ctx, jti, iat, at)
+}
+
+func (g *writeGuard) PruneAudit(ctx context.Context, before time.Time) (storage.AuditPruned, error) {
+	g.wrote()
+	return g.Store.PruneAudit(ctx, before)
+}
+
+func (g *writeGuard) PrepareAuditLog(ctx context.Context, now time.Time) error {
+	g.wrote()
+	return g.Store.PrepareAuditLog(ctx, now)
 }
 
 // explained runs Explain with the guard armed and fails the test on any write.

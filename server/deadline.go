@@ -230,12 +230,12 @@ func (d deadlineStore) DeleteExpiredReplayMarks(ctx context.Context, now time.Ti
 
 // Tokens
 
-func (d deadlineStore) GetTokenState(ctx context.Context, jti string) (*storage.TokenState, error) {
-	return call1(d, ctx, func(ctx context.Context) (*storage.TokenState, error) { return d.s.GetTokenState(ctx, jti) })
+func (d deadlineStore) GetTokenState(ctx context.Context, jti string, iat time.Time) (*storage.TokenState, error) {
+	return call1(d, ctx, func(ctx context.Context) (*storage.TokenState, error) { return d.s.GetTokenState(ctx, jti, iat) })
 }
 
-func (d deadlineStore) RevokeToken(ctx context.Context, jti string, at time.Time) error {
-	return call0(d, ctx, func(ctx context.Context) error { return d.s.RevokeToken(ctx, jti, at) })
+func (d deadlineStore) RevokeToken(ctx context.Context, jti string, iat, at time.Time) error {
+	return call0(d, ctx, func(ctx context.Context) error { return d.s.RevokeToken(ctx, jti, iat, at) })
 }
 
 func (d deadlineStore) DeleteExpiredTokens(ctx context.Context, now time.Time) (int64, error) {
@@ -246,6 +246,16 @@ func (d deadlineStore) DeleteExpiredTokens(ctx context.Context, now time.Time) (
 
 func (d deadlineStore) AppendAudit(ctx context.Context, r *storage.AuditRecord) error {
 	return call0(d, ctx, func(ctx context.Context) error { return d.s.AppendAudit(ctx, r) })
+}
+
+// PrepareAuditLog and PruneAudit are maintenance, not requests: they run as long as they
+// need (PruneAudit may delete a backlog batch after batch), bounded by the caller's ctx only.
+func (d deadlineStore) PrepareAuditLog(ctx context.Context, now time.Time) error {
+	return d.s.PrepareAuditLog(ctx, now)
+}
+
+func (d deadlineStore) PruneAudit(ctx context.Context, before time.Time) (storage.AuditPruned, error) {
+	return d.s.PruneAudit(ctx, before)
 }
 
 func (d deadlineStore) ListAudit(ctx context.Context, f storage.AuditFilter) ([]storage.AuditRecord, string, error) {

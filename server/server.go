@@ -64,6 +64,10 @@ type Options struct {
 	// AllowLoopbackJWKSURI lets clients' jwks_uri name loopback hosts, over http too
 	// (development). Private, link-local and other non-public addresses are refused always.
 	AllowLoopbackJWKSURI bool
+	// AuditRetention is how long audit records are kept (SPEC §8): records of the UTC days
+	// before now minus it are removed, whole days at a time. Zero: DefaultAuditRetention;
+	// negative: every record is kept.
+	AuditRetention time.Duration
 	// AuthFailures tunes how requests that fail client authentication are throttled per
 	// remote address and aggregated in the audit log (zero values: throttle's defaults).
 	AuthFailures throttle.Config
@@ -76,6 +80,14 @@ const (
 	gcTimeout         = time.Minute
 )
 
+// DefaultAuditRetention is SPEC §8's default: 400 days.
+const DefaultAuditRetention = 400 * 24 * time.Hour
+
+// auditMaintenanceEvery is how often the audit log is prepared ahead and pruned: partitions
+// are made a week ahead and removed a day at a time, so an hour is plenty, and a replica that
+// starts does both at once.
+const auditMaintenanceEvery = time.Hour
+
 // MaxTokenLifetime bounds every token Mandate issues: a retired signing key stays published
 // this long after its last signature.
 const MaxTokenLifetime = 24 * time.Hour
@@ -84,9 +96,11 @@ const MaxTokenLifetime = 24 * time.Hour
 type Server struct {
 	store   storage.Store
 	gcStore storage.Store // the store under a longer deadline: a backlog takes time to delete
-	log     *slog.Logger
-	keys    *keys.Manager
-	catalog *exchange.Catalog
+	// auditRetention is Options.AuditRetention resolved; negative: keep every record.
+	auditRetention time.Duration
+	log            *slog.Logger
+	keys           *keys.Manager
+	catalog        *exchange.Catalog
 	// watching is closed once the change feed is first watched (tests wait for it).
 	watching     chan struct{}
 	watchingOnce sync.Once
@@ -126,7 +140,10 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	batched := groupcommit.Wrap(o.Store, groupcommit.Options{Observe: func(n int) { m.batches.Observe(float64(n)) }})
 	store := countingStore{Store: deadlineStore{s: batched, timeout: o.DatabaseTimeout}, m: m}
 	s := &Server{store: store, gcStore: deadlineStore{s: o.Store, timeout: gcTimeout}, log: o.Logger, metrics: m, pprof: o.Pprof,
-		watching: make(chan struct{})}
+		watching: make(chan struct{}), auditRetention: o.AuditRetention}
+	if s.auditRetention == 0 {
+		s.auditRetention = DefaultAuditRetention
+	}
 
 	sealer, err := keys.NewSealer(o.Master)
 	if err != nil {
@@ -257,7 +274,40 @@ func (s *Server) Run(ctx context.Context) {
 	})
 	wg.Go(func() { s.watchChanges(ctx) })
 	wg.Go(func() { s.collectGarbage(ctx, 5*time.Minute) })
+	wg.Go(func() { s.maintainAuditLog(ctx, auditMaintenanceEvery) })
 	wg.Wait()
+}
+
+// maintainAuditLog readies the audit log's days ahead and removes the days past retention,
+// at once and then every period. Either failing is logged and retried at the next period:
+// records still land (in the catch-all partition, which the next preparation empties), and
+// removal only waits.
+func (s *Server) maintainAuditLog(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		if err := s.gcStore.PrepareAuditLog(ctx, now); err != nil && ctx.Err() == nil {
+			s.log.Warn("audit log: preparing the days ahead failed", "err", err)
+		}
+		if s.auditRetention > 0 {
+			before := now.Add(-s.auditRetention)
+			pruned, err := s.gcStore.PruneAudit(ctx, before)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				s.log.Warn("audit log: removing old records failed", "err", err)
+			case len(pruned.Partitions) > 0 || pruned.Rows > 0:
+				s.log.Info("audit log: removed the records past retention",
+					"before", storage.AuditDay(before).Format(time.DateOnly),
+					"partitions", pruned.Partitions, "rows", pruned.Rows)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // collectGarbage deletes expired replay marks and the revocations of expired tokens: both are

@@ -47,8 +47,7 @@ type Store interface {
 
 	// RecordIssuance commits a granted token's audit record, which is also the token's record
 	// (GetTokenState reads it by Audit.TokenJTI) and, when ReplayKey is set, the mark that
-	// uses up that one-time value: ErrConflict when an issuance already used the key or the
-	// token id. When Audit.GrantID is set, the grant must still exist unrevoked at commit
+	// uses up that one-time value: ErrConflict when an issuance already used the key. When Audit.GrantID is set, the grant must still exist unrevoked at commit
 	// time, or the call fails with ErrConflict. A failed call writes nothing. It is the token
 	// endpoint's hot path: backends write one row in one round trip.
 	//
@@ -60,7 +59,7 @@ type Store interface {
 	// RecordIssuances commits several issuances in one transaction (one statement where the
 	// backend can): group commit, see package storage/groupcommit. Each row keeps
 	// RecordIssuance's rules on its own, and errs[i] is iss[i]'s outcome: nil once committed,
-	// ErrConflict for a used replay key or token id or a grant revoked or gone (and then
+	// ErrConflict for a used replay key or a grant revoked or gone (and then
 	// nothing of that row is written), while its neighbours commit. Rows of one call may
 	// conflict with each other: the first in iss wins. An error that is not one row's own
 	// (the database failed, ctx ended) is every row's, and then none was written. len(errs)
@@ -83,11 +82,13 @@ type Issuance struct {
 	Audit AuditRecord
 	// TokenExpiresAt is the token's exp: introspection answers inactive from then on.
 	TokenExpiresAt time.Time
-	// ReplayKey, when set, is used up by this issuance for good: no later issuance may use it
-	// again, whether or not the value it guards has expired since (a stricter rule than
-	// MarkUsed's, and the reason the key can live on the audit record, which is kept).
+	// ReplayKey, when set, is used up by this issuance: no other issuance may use it again
+	// while what it guards is live, that is until ReplayExpiresAt (an envelope's exp plus the
+	// clock skew allowed). DeleteExpiredReplayMarks frees it after that, never before.
 	// Callers namespace it, e.g. "eie|client|jti|audience".
-	ReplayKey string
+	// Token ids are not one-time values the store checks: they are random (storage.NewID).
+	ReplayKey       string
+	ReplayExpiresAt time.Time // required with ReplayKey
 }
 
 // CheckIssuance says what makes iss unfit for RecordIssuance; backends call it first.
@@ -99,6 +100,8 @@ func CheckIssuance(iss *Issuance) error {
 		return errors.New("storage: an issuance without a token expiry")
 	case iss.Audit.Outcome != OutcomeGranted:
 		return errors.New("storage: an issuance of a decision that was not granted")
+	case iss.ReplayKey != "" && iss.ReplayExpiresAt.IsZero():
+		return errors.New("storage: a replay key without an expiry")
 	}
 	return nil
 }
@@ -396,7 +399,8 @@ type ReplayStore interface {
 	// expired at now; an expired mark is replaced. Exactly one of any number of concurrent
 	// callers with the same key succeeds.
 	MarkUsed(ctx context.Context, m ReplayMark, now time.Time) error
-	// DeleteExpiredReplayMarks removes the marks that expired before now and says how many.
+	// DeleteExpiredReplayMarks removes the marks, and the issuances' replay keys, that
+	// expired before now, and says how many.
 	DeleteExpiredReplayMarks(ctx context.Context, now time.Time) (int64, error)
 }
 
@@ -434,11 +438,13 @@ type TokenState struct {
 // TokenStore reads issued tokens and keeps their revocations.
 type TokenStore interface {
 	// GetTokenState returns the token issued as jti, its revocation and its grant's in one
-	// read; ErrNotFound when no issuance wrote that jti.
-	GetTokenState(ctx context.Context, jti string) (*TokenState, error)
-	// RevokeToken marks the token revoked at `at` (a no-op when it already is); ErrNotFound
-	// when there is no such token.
-	RevokeToken(ctx context.Context, jti string, at time.Time) error
+	// read; ErrNotFound when no issuance wrote that jti at iat. iat is the token's iat claim,
+	// the issuance time in whole seconds (IssuedAt(Audit.Time)): it tells a partitioned audit
+	// log where to look, so a lookup costs the same however long the log is.
+	GetTokenState(ctx context.Context, jti string, iat time.Time) (*TokenState, error)
+	// RevokeToken marks the token issued as jti at iat revoked at `at` (a no-op when it
+	// already is); ErrNotFound when there is no such token.
+	RevokeToken(ctx context.Context, jti string, iat, at time.Time) error
 	// DeleteExpiredTokens forgets the revocations of tokens that expired before now, and says
 	// how many. The issuances themselves stay: they are audit records.
 	DeleteExpiredTokens(ctx context.Context, now time.Time) (int64, error)
@@ -516,6 +522,30 @@ type AuditStore interface {
 	AppendAudit(ctx context.Context, r *AuditRecord) error
 	// ListAudit returns records newest first (by Time, then ID).
 	ListAudit(ctx context.Context, f AuditFilter) (items []AuditRecord, next string, err error)
+	// PrepareAuditLog readies the log for the days around now: on Postgres, the day
+	// partitions from the day before now's to AuditDaysAhead after it, so that writes never
+	// wait for one to be made. Safe to call from any number of replicas at once.
+	PrepareAuditLog(ctx context.Context, now time.Time) error
+	// PruneAudit removes every record of the UTC days before AuditDay(before): on Postgres by
+	// dropping their day partitions, elsewhere (and for records outside any day partition)
+	// by deleting rows in short batches, so that the token endpoint's writes never wait long.
+	PruneAudit(ctx context.Context, before time.Time) (AuditPruned, error)
+}
+
+// AuditDaysAhead is how many days ahead PrepareAuditLog readies the log: an outage of the
+// maintenance that long still loses nothing (and later records go to a catch-all partition).
+const AuditDaysAhead = 7
+
+// AuditDay is the start of t's UTC day: the audit log's unit of retention.
+func AuditDay(t time.Time) time.Time { return t.UTC().Truncate(24 * time.Hour) }
+
+// IssuedAt is the iat of a token issued at t: whole seconds, as JWTs carry it.
+func IssuedAt(t time.Time) time.Time { return t.Truncate(time.Second) }
+
+// AuditPruned is what PruneAudit removed.
+type AuditPruned struct {
+	Partitions []string // day partitions dropped whole (Postgres)
+	Rows       int64    // records deleted one by one
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/mandatehq/mandate/api"
 	"github.com/mandatehq/mandate/consent"
@@ -46,6 +47,7 @@ func newApp(ctx context.Context, cfg *config, log *slog.Logger, stdout io.Writer
 		KeyPublishAhead:      cfg.KeyPublishAhead,
 		DatabaseTimeout:      cfg.DatabaseTimeout,
 		MaxActDepth:          cfg.MaxActDepth,
+		AuditRetention:       auditRetention(cfg.AuditRetention),
 		BootstrapAdminSecret: cfg.BootstrapAdminSecret,
 		Pprof:                cfg.Pprof,
 		AllowLoopbackJWKSURI: cfg.AllowLoopbackJWKSURI,
@@ -60,6 +62,14 @@ func newApp(ctx context.Context, cfg *config, log *slog.Logger, stdout io.Writer
 		printBootstrap(stdout, srv.BootstrapSecret)
 	}
 	return &app{Server: srv, store: store, storeKind: kind, log: log}, nil
+}
+
+// auditRetention maps the flag's 0 (keep every record) to the server's negative.
+func auditRetention(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // authFailures is the throttle's configuration; --auth-failure-burst 0 turns throttling off.

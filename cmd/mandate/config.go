@@ -2,10 +2,12 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +27,7 @@ type config struct {
 	DatabaseMaxConns int
 	DatabaseTimeout  time.Duration
 	MaxActDepth      int
+	AuditRetention   time.Duration
 	AutoMigrate      bool
 	SigningAlg       string
 	KeyRotation      time.Duration
@@ -105,6 +108,42 @@ func (fe *flagEnv) duration(p *time.Duration, name, env string, def time.Duratio
 	fe.env[name] = env
 }
 
+// days binds a duration flag that also takes whole days ("400d"), the unit retention is
+// thought in; Go's durations stop at hours.
+func (fe *flagEnv) days(p *time.Duration, name, env string, def time.Duration, usage string) {
+	*p = def
+	fe.fs.Var((*daysValue)(p), name, usage)
+	fe.env[name] = env
+}
+
+type daysValue time.Duration
+
+func (d *daysValue) Set(s string) error {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.Atoi(n)
+		if err != nil || days < 0 || days > 100*366 {
+			return fmt.Errorf("%q is not a number of days", s)
+		}
+		*d = daysValue(time.Duration(days) * 24 * time.Hour)
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is neither days (400d) nor a duration (9600h)", s)
+	}
+	*d = daysValue(v)
+	return nil
+}
+
+// String shows whole days as days, so --help prints the default as 400d.
+func (d *daysValue) String() string {
+	v := time.Duration(*d)
+	if v%(24*time.Hour) == 0 {
+		return strconv.FormatInt(int64(v/(24*time.Hour)), 10) + "d"
+	}
+	return v.String()
+}
+
 // parse reads the command line, then fills every flag not given there from its variable.
 // A bad value is one line naming the flag and its variable.
 func (fe *flagEnv) parse(args []string, getenv func(string) string) error {
@@ -149,6 +188,8 @@ func parseServeConfig(args []string, getenv func(string) string, stdout io.Write
 	fe.duration(&c.LogRepeat, "log-repeat-interval", "MANDATE_LOG_REPEAT_INTERVAL", server.DefaultRepeatInterval, "log a repeated warning or error once per interval, with a count (0: every time)")
 	fe.duration(&c.DatabaseTimeout, "database-timeout", "MANDATE_DATABASE_TIMEOUT", server.DefaultDatabaseTimeout, "longest wait for the database per call (connection and locks included); then 503")
 	fe.int(&c.MaxActDepth, "max-act-depth", "MANDATE_MAX_ACT_DEPTH", exchange.DefaultMaxActDepth, "deepest act chain an on_behalf_of token may carry, the agent included (1: no envelope act chain at all)")
+	fe.days(&c.AuditRetention, "audit-retention", "MANDATE_AUDIT_RETENTION", server.DefaultAuditRetention,
+		"how long audit records are kept: days (400d) or a duration (9600h), at least a day; 0 keeps every record")
 	fe.bool(&c.Pprof, "pprof", "MANDATE_PPROF", false, "serve /debug/pprof on the admin listener")
 	fe.string(&c.OIDCIssuer, "oidc-issuer", "MANDATE_OIDC_ISSUER", "", "the organisation's OpenID Connect provider, for the consent pages (none: sign-in is off)")
 	fe.string(&c.OIDCClientID, "oidc-client-id", "MANDATE_OIDC_CLIENT_ID", "", "Mandate's client id at that provider (secret: MANDATE_OIDC_CLIENT_SECRET)")
@@ -200,6 +241,9 @@ func (c *config) validate() error {
 	}
 	if c.MaxActDepth < 1 || c.MaxActDepth > 32 {
 		return usagef("invalid --max-act-depth (MANDATE_MAX_ACT_DEPTH) %d: between 1 and 32", c.MaxActDepth)
+	}
+	if c.AuditRetention != 0 && c.AuditRetention < 24*time.Hour {
+		return usagef("invalid --audit-retention (MANDATE_AUDIT_RETENTION) %s: at least a day (1d), or 0 to keep every record", c.AuditRetention)
 	}
 	if c.DatabaseTimeout < 100*time.Millisecond {
 		return usagef("invalid --database-timeout (MANDATE_DATABASE_TIMEOUT) %s: at least 100ms", c.DatabaseTimeout)

@@ -198,6 +198,9 @@ func TestBadConfigurationExitsWithUsageError(t *testing.T) {
 		{"database timeout too short", []string{"serve", "--database-timeout", "1ms"}, nil, "--database-timeout (MANDATE_DATABASE_TIMEOUT)"},
 		{"act depth zero", []string{"serve", "--max-act-depth", "0"}, nil, "--max-act-depth (MANDATE_MAX_ACT_DEPTH)"},
 		{"act depth too deep", []string{"serve"}, map[string]string{"MANDATE_MAX_ACT_DEPTH": "99"}, "--max-act-depth (MANDATE_MAX_ACT_DEPTH)"},
+		{"retention under a day", []string{"serve", "--audit-retention", "12h"}, nil, "--audit-retention (MANDATE_AUDIT_RETENTION)"},
+		{"retention not days", []string{"serve"}, map[string]string{"MANDATE_AUDIT_RETENTION": "400days"}, "MANDATE_AUDIT_RETENTION (--audit-retention)"},
+		{"negative retention", []string{"serve", "--audit-retention", "-5d"}, nil, "audit-retention"},
 		{"negative repeat interval", []string{"serve"}, map[string]string{"MANDATE_LOG_REPEAT_INTERVAL": "-1s"}, "--log-repeat-interval (MANDATE_LOG_REPEAT_INTERVAL)"},
 		{"issuer trailing slash", []string{"serve", "--issuer", "https://mandate.example/"}, nil, "--issuer (MANDATE_ISSUER)"},
 		{"postgres without secret", []string{"serve", "--database", "postgres://127.0.0.1:1/x"}, nil, "MANDATE_SECRET is required"},
@@ -223,5 +226,30 @@ func TestBadConfigurationExitsWithUsageError(t *testing.T) {
 				t.Fatalf("error %q: want one line containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// --audit-retention takes days or a duration; 0 keeps every record; the default is SPEC §8's.
+func TestAuditRetentionFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  string
+		want time.Duration
+	}{
+		{nil, "", 400 * 24 * time.Hour},
+		{[]string{"--audit-retention", "30d"}, "", 30 * 24 * time.Hour},
+		{[]string{"--audit-retention", "36h"}, "", 36 * time.Hour},
+		{nil, "90d", 90 * 24 * time.Hour},
+		{nil, "0", 0},
+		{[]string{"--audit-retention", "7d"}, "90d", 7 * 24 * time.Hour}, // the flag wins
+	} {
+		env := map[string]string{"MANDATE_AUDIT_RETENTION": tc.env}
+		c, err := parseServeConfig(tc.args, func(k string) string { return env[k] }, io.Discard)
+		if err != nil {
+			t.Fatalf("%v with MANDATE_AUDIT_RETENTION=%q: %v", tc.args, tc.env, err)
+		}
+		if c.AuditRetention != tc.want {
+			t.Errorf("%v with MANDATE_AUDIT_RETENTION=%q: retention %s, want %s", tc.args, tc.env, c.AuditRetention, tc.want)
+		}
 	}
 }

@@ -81,7 +81,7 @@ func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
 		t.Errorf("live replay marks after Down: %d of 4, %v", n, err)
 	}
 	migrate("Up again", func() error { _, err := p.Up(ctx); return err })
-	if _, err := s.GetTokenState(ctx, "t6"); err != nil {
+	if _, err := s.GetTokenState(ctx, "t6", now); err != nil {
 		t.Errorf("t6 after Down and Up: %v", err)
 	}
 }
@@ -127,7 +127,7 @@ func TestUpgradeFromV3(t *testing.T) {
 		}
 	}
 	migrate("Up", func() error { _, err := p.Up(ctx); return err })
-	storagetest.CheckUpgradeFromV3(t, s)
+	storagetest.CheckUpgradeFromV3(t, s, now)
 	migrate("DownTo 3", func() error { _, err := p.DownTo(ctx, 3); return err })
 	migrate("Up again", func() error { _, err := p.Up(ctx); return err })
 }

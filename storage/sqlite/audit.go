@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mandatehq/mandate/storage"
 )
@@ -92,4 +93,35 @@ func (s *Store) ListAudit(ctx context.Context, f storage.AuditFilter) ([]storage
 		return storage.EncodeCursor("audit", strconv.FormatInt(micros(a.Time), 10), a.ID)
 	})
 	return items, next, nil
+}
+
+// pruneBatchRows bounds one delete of PruneAudit: long enough to make progress, short enough
+// (a few milliseconds) that the token endpoint's writes, which queue for the same single
+// writer connection, never wait long.
+const pruneBatchRows = 1000
+
+// PrepareAuditLog implements storage.AuditStore: one table, nothing to prepare.
+func (s *Store) PrepareAuditLog(context.Context, time.Time) error { return nil }
+
+// PruneAudit implements storage.AuditStore by deleting the old records a batch at a time,
+// oldest first, each batch its own transaction; the writer connection goes back to the pool
+// between batches, so waiting writes take their turn.
+func (s *Store) PruneAudit(ctx context.Context, before time.Time) (storage.AuditPruned, error) {
+	var out storage.AuditPruned
+	cutoff := micros(storage.AuditDay(before))
+	for {
+		res, err := s.writer().ExecContext(ctx, `DELETE FROM audit_log WHERE rowid IN (
+			SELECT rowid FROM audit_log WHERE time < ? ORDER BY time LIMIT ?)`, cutoff, pruneBatchRows)
+		if err != nil {
+			return out, mapErr(err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return out, mapErr(err)
+		}
+		out.Rows += n
+		if n < pruneBatchRows {
+			return out, nil
+		}
+	}
 }

@@ -179,8 +179,9 @@ func BenchmarkRecordIssuance(b *testing.B) {
 				Tenant: "acme", DelegationMode: "on_behalf_of", TraceID: "trace", Audience: "orders_api",
 				RequestedScopes: []string{"orders:read"}, GrantedScopes: []string{"orders:read"},
 				EnvelopeJTI: "env_" + jti, TokenJTI: jti, GrantID: "grt_1", RemoteAddr: "192.0.2.1"},
-			TokenExpiresAt: now.Add(5 * time.Minute),
-			ReplayKey:      "eie|cli_1|env_" + jti + "|orders_api",
+			TokenExpiresAt:  now.Add(5 * time.Minute),
+			ReplayKey:       "eie|cli_1|env_" + jti + "|orders_api",
+			ReplayExpiresAt: now.Add(6 * time.Minute),
 		})
 		if err != nil {
 			b.Fatal(err)

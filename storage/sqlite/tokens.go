@@ -11,8 +11,8 @@ import (
 )
 
 // GetTokenState implements storage.TokenStore: the issuance, its revocation, its grant's and
-// its client's state in one read.
-func (s *Store) GetTokenState(ctx context.Context, jti string) (*storage.TokenState, error) {
+// its client's state in one read, of the record within the second of the token's iat.
+func (s *Store) GetTokenState(ctx context.Context, jti string, iat time.Time) (*storage.TokenState, error) {
 	var t storage.TokenState
 	err := s.reader().QueryRowContext(ctx, `SELECT a.token_jti, a.client_id, a.audience,
 		a.grant_id, a.time, a.token_expires_at, r.revoked_at, g.revoked_at,
@@ -22,7 +22,8 @@ func (s *Store) GetTokenState(ctx context.Context, jti string) (*storage.TokenSt
 		LEFT JOIN token_revocations r ON r.jti = a.token_jti
 		LEFT JOIN grants g ON a.grant_id <> '' AND g.id = a.grant_id
 		LEFT JOIN clients c ON c.id = a.client_id
-		WHERE a.token_jti = ? AND a.token_expires_at IS NOT NULL`, jti).Scan(&t.JTI, &t.ClientID,
+		WHERE a.token_jti = ? AND a.token_expires_at IS NOT NULL AND a.time >= ? AND a.time < ?`,
+		jti, micros(iat), micros(iat.Add(time.Second))).Scan(&t.JTI, &t.ClientID,
 		&t.Audience, &t.GrantID, timeCol{&t.IssuedAt}, timeCol{&t.ExpiresAt}, timeCol{&t.RevokedAt},
 		timeCol{&t.GrantRevokedAt}, &t.GrantMissing, &t.ClientMissing, timeCol{&t.ClientCreatedAt},
 		&t.ClientDisabled, timeCol{&t.ClientDisabledAt})
@@ -32,23 +33,23 @@ func (s *Store) GetTokenState(ctx context.Context, jti string) (*storage.TokenSt
 	return &t, nil
 }
 
-// ReplayKeyUsed implements storage.Store, on the index RecordIssuance's uniqueness rule uses.
+// ReplayKeyUsed implements storage.Store: the key RecordIssuance would conflict on.
 func (s *Store) ReplayKeyUsed(ctx context.Context, key string) (bool, error) {
 	var used bool
-	err := s.reader().QueryRowContext(ctx,
-		`SELECT EXISTS (SELECT 1 FROM audit_log WHERE replay_key = ? AND replay_key <> '')`, key).Scan(&used)
+	err := s.reader().QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM issuance_keys WHERE key = ?)`, key).Scan(&used)
 	return used, mapErr(err)
 }
 
 // RevokeToken implements storage.TokenStore: the revocation copies the token's expiry, after
 // which DeleteExpiredTokens may forget it. The first revocation time is kept (the upsert's
 // no-op update still counts the row, telling it from an unknown jti).
-func (s *Store) RevokeToken(ctx context.Context, jti string, at time.Time) error {
+func (s *Store) RevokeToken(ctx context.Context, jti string, iat, at time.Time) error {
 	return notFoundUnlessChanged(s.writer().ExecContext(ctx, `INSERT INTO token_revocations
 		(jti, revoked_at, expires_at)
 		SELECT token_jti, ?, token_expires_at FROM audit_log
-		WHERE token_jti = ? AND token_expires_at IS NOT NULL
-		ON CONFLICT (jti) DO UPDATE SET revoked_at = token_revocations.revoked_at`, micros(at), jti))
+		WHERE token_jti = ? AND token_expires_at IS NOT NULL AND time >= ? AND time < ?
+		ON CONFLICT (jti) DO UPDATE SET revoked_at = token_revocations.revoked_at`,
+		micros(at), jti, micros(iat), micros(iat.Add(time.Second))))
 }
 
 // DeleteExpiredTokens implements storage.TokenStore.
@@ -62,9 +63,9 @@ func (s *Store) DeleteExpiredTokens(ctx context.Context, now time.Time) (int64, 
 }
 
 // RecordIssuance implements storage.Store. With BEGIN IMMEDIATE the grant read below and the
-// commit happen under the write lock, so a revocation cannot slip in between. The insert
-// enforces the one-time rules through the unique indexes on replay_key and on an issuance's
-// token_jti. The statements are the ones prepared at Open.
+// commit happen under the write lock, so a revocation cannot slip in between, and so does the
+// replay key's insert, whose primary key makes it one-time. The statements are the ones
+// prepared at Open.
 func (s *Store) RecordIssuance(ctx context.Context, iss storage.Issuance) error {
 	if err := storage.CheckIssuance(&iss); err != nil {
 		return err
@@ -119,18 +120,29 @@ func (s *Store) insertIssuance(ctx context.Context, tx *sql.Tx, iss *storage.Iss
 			return fmt.Errorf("%w: grant %s is revoked", storage.ErrConflict, grantID)
 		}
 	}
-	args := append(auditArgs(&iss.Audit), micros(iss.TokenExpiresAt), iss.ReplayKey)
+	if iss.ReplayKey != "" {
+		res, err := tx.StmtContext(ctx, s.hot.insertKey).ExecContext(ctx, iss.ReplayKey, micros(iss.ReplayExpiresAt))
+		if err != nil {
+			return mapErr(err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return mapErr(err)
+		} else if n == 0 {
+			return fmt.Errorf("%w: replay key already used", storage.ErrConflict)
+		}
+	}
+	args := append(auditArgs(&iss.Audit), micros(iss.TokenExpiresAt))
 	_, err := tx.StmtContext(ctx, s.hot.insertIssuance).ExecContext(ctx, args...)
 	return mapErr(err)
 }
 
-const insertIssuance = `INSERT INTO audit_log (` + auditCols + `, token_expires_at, replay_key)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+const insertIssuance = `INSERT INTO audit_log (` + auditCols + `, token_expires_at)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // hotStmts are the token endpoint's statements, prepared once on the write connection:
 // parsing them took about a fifth of RecordIssuance's time (BenchmarkRecordIssuance).
 type hotStmts struct {
-	grantRevokedAt, insertIssuance *sql.Stmt
+	grantRevokedAt, insertKey, insertIssuance *sql.Stmt
 }
 
 func prepareHot(ctx context.Context, db *sql.DB) (*hotStmts, error) {
@@ -140,6 +152,7 @@ func prepareHot(ctx context.Context, db *sql.DB) (*hotStmts, error) {
 		query string
 	}{
 		{&h.grantRevokedAt, `SELECT revoked_at FROM grants WHERE id = ?`},
+		{&h.insertKey, `INSERT INTO issuance_keys (key, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING`},
 		{&h.insertIssuance, insertIssuance},
 	} {
 		st, err := db.PrepareContext(ctx, p.query)
@@ -154,7 +167,7 @@ func prepareHot(ctx context.Context, db *sql.DB) (*hotStmts, error) {
 
 func (h *hotStmts) close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{h.grantRevokedAt, h.insertIssuance} {
+	for _, st := range []*sql.Stmt{h.grantRevokedAt, h.insertKey, h.insertIssuance} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}

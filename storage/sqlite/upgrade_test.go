@@ -72,7 +72,7 @@ func TestUpgradeKeepsTokensAndReplayMarks(t *testing.T) {
 	if _, err := p.Up(ctx); err != nil {
 		t.Fatalf("Up again: %v", err)
 	}
-	if _, err := s.GetTokenState(ctx, "t6"); err != nil {
+	if _, err := s.GetTokenState(ctx, "t6", now); err != nil {
 		t.Errorf("t6 after Down and Up: %v", err)
 	}
 }
@@ -101,7 +101,7 @@ func TestUpgradeFromV3(t *testing.T) {
 		}
 	}
 	s := open(t, path) // migrates up
-	storagetest.CheckUpgradeFromV3(t, s)
+	storagetest.CheckUpgradeFromV3(t, s, now)
 	if _, err := p.DownTo(ctx, 3); err != nil {
 		t.Fatalf("DownTo 3: %v", err)
 	}

@@ -14,6 +14,7 @@ var auditCases = []testCase{
 	{"ListFilters", testAuditFilters},
 	{"ListPagination", testAuditPagination},
 	{"FullRecordRoundTrip", testAuditRoundTrip},
+	{"PruneRemovesWholeDays", testPruneAudit},
 }
 
 func makeAudit(id string, at time.Time, event, outcome, client, actor, agent, tenant, aud, trace string) *storage.AuditRecord {
@@ -145,4 +146,51 @@ func auditIDs(items []storage.AuditRecord) []string {
 		ids = append(ids, r.ID)
 	}
 	return ids
+}
+
+// Retention: PruneAudit removes the records of every UTC day before its cutoff's day and
+// nothing of that day or after, and the log goes on taking records.
+func testPruneAudit(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	day := storage.AuditDay(now)
+	mustDo(t, s.PrepareAuditLog(ctx, now), "PrepareAuditLog")
+	mustDo(t, s.PrepareAuditLog(ctx, now), "PrepareAuditLog again (replicas all do)")
+	at := map[string]time.Time{
+		"evt_old":        day.AddDate(0, 0, -30),
+		"evt_last_gone":  day.AddDate(0, 0, -1).Add(-time.Microsecond), // the last instant of the day before yesterday
+		"evt_first_kept": day.AddDate(0, 0, -1),                        // the first of yesterday
+		"evt_now":        now,
+		"evt_ahead":      day.AddDate(0, 0, 3),
+	}
+	for id, tm := range at {
+		mustDo(t, s.AppendAudit(ctx, makeAudit(id, tm.In(zone), "admin.test", storage.OutcomeGranted, "cli_1", "", "", "", "", "")), "AppendAudit "+id)
+	}
+	// Any instant of yesterday cuts at yesterday's start.
+	_, err := s.PruneAudit(ctx, day.AddDate(0, 0, -1).Add(13*time.Hour))
+	mustDo(t, err, "PruneAudit")
+	wantAuditIDs(t, s, "after PruneAudit", "evt_ahead", "evt_now", "evt_first_kept")
+
+	again, err := s.PruneAudit(ctx, day.AddDate(0, 0, -1))
+	mustDo(t, err, "PruneAudit again")
+	if again.Rows != 0 || len(again.Partitions) != 0 {
+		t.Errorf("a second PruneAudit with the same cutoff removed %+v, want nothing", again)
+	}
+	mustDo(t, s.AppendAudit(ctx, makeAudit("evt_later", now.Add(time.Second), "admin.test",
+		storage.OutcomeGranted, "cli_1", "", "", "", "", "")), "AppendAudit after PruneAudit")
+	wantAuditIDs(t, s, "after a record was added", "evt_ahead", "evt_later", "evt_now", "evt_first_kept")
+}
+
+// wantAuditIDs checks the whole log's record ids, newest first.
+func wantAuditIDs(t *testing.T, s storage.Store, what string, want ...string) {
+	t.Helper()
+	items, _, err := s.ListAudit(t.Context(), storage.AuditFilter{Page: storage.Page{Limit: storage.MaxPageLimit}})
+	mustDo(t, err, "ListAudit "+what)
+	var got []string
+	for _, a := range items {
+		got = append(got, a.ID)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("audit log %s: %v, want %v", what, got, want)
+	}
 }

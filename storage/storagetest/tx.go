@@ -71,7 +71,7 @@ func testTxCommit(t *testing.T, s storage.Store) {
 	}
 	_, err = s.GetAudienceByResource(ctx, "https://tx.example/")
 	mustDo(t, err, "GetAudienceByResource after commit")
-	_, err = s.GetTokenState(ctx, "jti_tx")
+	_, err = s.GetTokenState(ctx, "jti_tx", storage.IssuedAt(now))
 	mustDo(t, err, "GetTokenState after commit")
 }
 

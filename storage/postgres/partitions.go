@@ -1,0 +1,160 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/mandatehq/mandate/storage"
+)
+
+// The audit log is partitioned by UTC day (migration 00006). A day's partition is named
+// audit_log_pYYYYMMDD and holds [that day, the next); audit_log_history holds everything
+// before the upgrade's day partitions, audit_log_default whatever no partition covers.
+const (
+	dayLayout      = "20060102"
+	dayPartPrefix  = "audit_log_p"
+	pruneBatchRows = 5000
+	// dropLockTimeout bounds how long dropping a partition may wait for the parent's lock.
+	// Waiting queues every write behind it, so after this long the drop gives up and is
+	// retried at the next run instead of stalling the token endpoint.
+	dropLockTimeout = "100ms"
+)
+
+var dayPartName = regexp.MustCompile(`^audit_log_p([0-9]{8})$`)
+
+func dayPartition(day time.Time) string { return dayPartPrefix + day.Format(dayLayout) }
+
+// PrepareAuditLog implements storage.AuditStore: a partition for each day from the day
+// before now's to AuditDaysAhead after it, each made and attached on its own.
+func (s *Store) PrepareAuditLog(ctx context.Context, now time.Time) error {
+	today := storage.AuditDay(now)
+	for d := -1; d <= storage.AuditDaysAhead; d++ {
+		if err := s.addDayPartition(ctx, today.AddDate(0, 0, d)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addDayPartition makes day's partition unless one exists or another partition covers the
+// day (audit_log_history does for the days of the upgrade). The table is made apart and then
+// attached, because ATTACH takes only a SHARE UPDATE EXCLUSIVE lock on the log (writes go on)
+// where CREATE TABLE … PARTITION OF would take an exclusive one. Records of that day that
+// landed in audit_log_default move into it first: attaching needs the default free of them,
+// and nothing may be lost.
+func (s *Store) addDayPartition(ctx context.Context, day time.Time) error {
+	name := dayPartition(day)
+	from, to := ts(day), ts(day.AddDate(0, 0, 1))
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Replicas prepare the same days: one at a time, per schema.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('mandate.audit_log.' || current_schema()))`); err != nil {
+			return err
+		}
+		var exists bool
+		err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, name).Scan(&exists)
+		if err != nil || exists {
+			return err
+		}
+		stmts := []string{
+			fmt.Sprintf(`CREATE TABLE %s (LIKE audit_log INCLUDING DEFAULTS)`, name),
+			fmt.Sprintf(`WITH moved AS (DELETE FROM audit_log_default WHERE time >= '%s' AND time < '%s' RETURNING *)
+				INSERT INTO %s (%s, token_expires_at) SELECT %s, token_expires_at FROM moved`,
+				pgTime(from), pgTime(to), name, auditCols, auditCols),
+			fmt.Sprintf(`ALTER TABLE audit_log ATTACH PARTITION %s FOR VALUES FROM ('%s') TO ('%s')`,
+				name, pgTime(from), pgTime(to)),
+		}
+		for _, sql := range stmts {
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "42P17" { // invalid_object_definition: would overlap
+		return nil // audit_log_history covers the day
+	}
+	if err != nil {
+		return fmt.Errorf("storage/postgres: audit partition %s: %w", name, mapErr(err))
+	}
+	return nil
+}
+
+// PruneAudit implements storage.AuditStore: drop the day partitions that end by before's
+// day, then delete what older records the other partitions hold, a batch per statement.
+func (s *Store) PruneAudit(ctx context.Context, before time.Time) (storage.AuditPruned, error) {
+	var out storage.AuditPruned
+	cutoff := storage.AuditDay(before)
+	rows, err := s.pool.Query(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = 'audit_log'::regclass ORDER BY c.relname`)
+	parts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return out, fmt.Errorf("storage/postgres: list audit partitions: %w", mapErr(err))
+	}
+	var others []string
+	for _, p := range parts {
+		m := dayPartName.FindStringSubmatch(p)
+		if m == nil {
+			others = append(others, p)
+			continue
+		}
+		day, err := time.Parse(dayLayout, m[1])
+		if err != nil || day.AddDate(0, 0, 1).After(cutoff) {
+			continue
+		}
+		dropped, err := s.dropPartition(ctx, p)
+		if err != nil {
+			return out, err
+		}
+		if dropped {
+			out.Partitions = append(out.Partitions, p)
+		}
+	}
+	for _, p := range others {
+		// ctid batches: each statement is short, so the writes to that partition (only
+		// stray records reach the default one) wait for one batch at most.
+		sql := fmt.Sprintf(`DELETE FROM %s WHERE ctid = ANY (ARRAY(
+			SELECT ctid FROM %s WHERE time < $1 LIMIT %d))`, pgx.Identifier{p}.Sanitize(),
+			pgx.Identifier{p}.Sanitize(), pruneBatchRows)
+		for {
+			tag, err := s.pool.Exec(ctx, sql, ts(cutoff))
+			if err != nil {
+				return out, fmt.Errorf("storage/postgres: prune %s: %w", p, mapErr(err))
+			}
+			out.Rows += tag.RowsAffected()
+			if tag.RowsAffected() < pruneBatchRows {
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// dropPartition drops a day partition, unless the log's lock is not to be had within
+// dropLockTimeout: then it reports false, and the next run tries again.
+func (s *Store) dropPartition(ctx context.Context, name string) (bool, error) {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '`+dropLockTimeout+`'`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `DROP TABLE `+pgx.Identifier{name}.Sanitize())
+		return err
+	})
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "55P03" { // lock_not_available
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("storage/postgres: drop audit partition %s: %w", name, mapErr(err))
+	}
+	return true, nil
+}
+
+// pgTime is t as a timestamptz literal (DDL takes no parameters).
+func pgTime(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.999999Z07:00") }

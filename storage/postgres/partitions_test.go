@@ -1,0 +1,112 @@
+package postgres
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/mandatehq/mandate/storage"
+)
+
+// The day partitions, a month ahead so that audit_log_history (the migration's, up to today
+// at most) is out of the way: a record written before its day's partition exists lands in
+// audit_log_default and moves when the partition is made; retention drops whole partitions,
+// and gives up on a drop rather than queue the log's writes behind a long reader.
+func TestAuditDayPartitions(t *testing.T) {
+	s := openStore(t, Options{})
+	ctx := t.Context()
+	base := storage.AuditDay(time.Now()).AddDate(0, 0, 30)
+	day := func(d int) time.Time { return base.AddDate(0, 0, d) }
+	partitionOf := func(id string) string {
+		t.Helper()
+		var p string
+		if err := s.pool.QueryRow(ctx, `SELECT tableoid::regclass::text FROM audit_log WHERE id = $1`, id).Scan(&p); err != nil {
+			t.Fatalf("partition of %s: %v", id, err)
+		}
+		return p
+	}
+	appendAt := func(id string, at time.Time) {
+		t.Helper()
+		if err := s.AppendAudit(ctx, &storage.AuditRecord{ID: id, Time: at, Event: "admin.test",
+			Outcome: storage.OutcomeGranted}); err != nil {
+			t.Fatalf("AppendAudit %s: %v", id, err)
+		}
+	}
+
+	appendAt("evt_stray", day(1).Add(10*time.Hour))
+	if p := partitionOf("evt_stray"); p != "audit_log_default" {
+		t.Fatalf("a record with no day partition yet went to %s, want audit_log_default", p)
+	}
+	if err := s.PrepareAuditLog(ctx, base); err != nil {
+		t.Fatalf("PrepareAuditLog: %v", err)
+	}
+	var parts []string
+	for d := -1; d <= storage.AuditDaysAhead; d++ {
+		parts = append(parts, dayPartition(day(d)))
+	}
+	rows, err := s.pool.Query(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = 'audit_log'::regclass AND c.relname LIKE 'audit_log_p%' ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, n)
+	}
+	if !slices.Equal(got, parts) {
+		t.Fatalf("day partitions after PrepareAuditLog(%s): %v, want %v", base.Format(time.DateOnly), got, parts)
+	}
+	if p := partitionOf("evt_stray"); p != dayPartition(day(1)) {
+		t.Errorf("the stray record is in %s after PrepareAuditLog, want %s", p, dayPartition(day(1)))
+	}
+	appendAt("evt_before", day(-1).Add(time.Hour))
+	appendAt("evt_first", day(0))
+	appendAt("evt_kept", day(2).Add(-time.Microsecond))
+	if p := partitionOf("evt_first"); p != dayPartition(day(0)) {
+		t.Errorf("a record of %s went to %s", day(0), p)
+	}
+
+	// A reader holds the log: the drop gives up after its lock timeout and drops nothing.
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `SELECT count(*) FROM audit_log`); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	pruned, err := s.PruneAudit(ctx, day(1).Add(12*time.Hour))
+	if err != nil {
+		t.Fatalf("PruneAudit while a reader holds the log: %v", err)
+	}
+	if len(pruned.Partitions) != 0 || time.Since(start) > 5*time.Second {
+		t.Errorf("PruneAudit while a reader holds the log dropped %v in %s, want nothing, promptly",
+			pruned.Partitions, time.Since(start))
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	pruned, err = s.PruneAudit(ctx, day(1).Add(12*time.Hour))
+	if err != nil {
+		t.Fatalf("PruneAudit: %v", err)
+	}
+	if want := []string{dayPartition(day(-1)), dayPartition(day(0))}; !slices.Equal(pruned.Partitions, want) || pruned.Rows != 0 {
+		t.Errorf("PruneAudit removed %+v, want the partitions %v and no single rows", pruned, want)
+	}
+	for _, id := range []string{"evt_before", "evt_first"} {
+		var n int
+		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE id = $1`, id).Scan(&n); err != nil || n != 0 {
+			t.Errorf("%s after its day was pruned: %d rows (%v)", id, n, err)
+		}
+	}
+	for _, id := range []string{"evt_stray", "evt_kept"} {
+		partitionOf(id) // still there
+	}
+}
