@@ -22,8 +22,10 @@ const (
 	pruneBatchRows = 5000
 	// dropLockTimeout bounds how long dropping a partition may wait for the parent's lock.
 	// Waiting queues every write behind it, so after this long the drop gives up and is
-	// retried at the next run instead of stalling the token endpoint.
-	dropLockTimeout = "100ms"
+	// retried at the next run instead of stalling the token endpoint. attachLockTimeout does
+	// the same for attaching the partition of a day that has begun (see addDayPartition).
+	dropLockTimeout   = "100ms"
+	attachLockTimeout = "100ms"
 )
 
 var dayPartName = regexp.MustCompile(`^audit_log_p([0-9]{8})$`)
@@ -34,12 +36,11 @@ func dayPartition(day time.Time) string { return dayPartPrefix + day.Format(dayL
 // before now's to AuditDaysAhead after it, each made and attached on its own.
 func (s *Store) PrepareAuditLog(ctx context.Context, now time.Time) error {
 	today := storage.AuditDay(now)
+	var errs []error
 	for d := -1; d <= storage.AuditDaysAhead; d++ {
-		if err := s.addDayPartition(ctx, today.AddDate(0, 0, d)); err != nil {
-			return err
-		}
+		errs = append(errs, s.addDayPartition(ctx, today.AddDate(0, 0, d), d <= 0))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // addDayPartition makes day's partition unless one exists or another partition covers the
@@ -48,7 +49,14 @@ func (s *Store) PrepareAuditLog(ctx context.Context, now time.Time) error {
 // where CREATE TABLE … PARTITION OF would take an exclusive one. Records of that day that
 // landed in audit_log_default move into it first: attaching needs the default free of them,
 // and nothing may be lost.
-func (s *Store) addDayPartition(ctx context.Context, day time.Time) error {
+//
+// A day that has begun (begun: the maintenance fell behind, or the log is new) may be taking
+// records right now, and an insert routed to audit_log_default before the attach would fail
+// after it. So for such a day the log is locked against writes (SHARE ROW EXCLUSIVE, which
+// waits for the inserts under way) while its records move and the partition attaches: the
+// writes wait a few milliseconds. The lock is waited for attachLockTimeout at most; then this
+// day is left for the next run. Days ahead, the usual case, take no records yet and no lock.
+func (s *Store) addDayPartition(ctx context.Context, day time.Time, begun bool) error {
 	name := dayPartition(day)
 	from, to := ts(day), ts(day.AddDate(0, 0, 1))
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -60,6 +68,14 @@ func (s *Store) addDayPartition(ctx context.Context, day time.Time) error {
 		err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, name).Scan(&exists)
 		if err != nil || exists {
 			return err
+		}
+		if begun {
+			if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '`+attachLockTimeout+`'`); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+				return err
+			}
 		}
 		stmts := []string{
 			fmt.Sprintf(`CREATE TABLE %s (LIKE audit_log INCLUDING DEFAULTS)`, name),

@@ -2,7 +2,10 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,8 +41,43 @@ func TestAuditDayPartitions(t *testing.T) {
 	if p := partitionOf("evt_stray"); p != "audit_log_default" {
 		t.Fatalf("a record with no day partition yet went to %s, want audit_log_default", p)
 	}
-	if err := s.PrepareAuditLog(ctx, base); err != nil {
+	// Writers keep adding records of the day that has begun (day 0) while its partition is
+	// made: none may fail, and each ends up in that partition.
+	stopWriting := make(chan struct{})
+	var written atomic.Int64
+	var writers sync.WaitGroup
+	for w := range 4 {
+		writers.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stopWriting:
+					return
+				default:
+				}
+				err := s.AppendAudit(ctx, &storage.AuditRecord{ID: fmt.Sprintf("evt_w%d_%d", w, i),
+					Time: day(0).Add(time.Duration(i) * time.Millisecond), Event: "admin.test", Outcome: storage.OutcomeGranted})
+				if err != nil {
+					t.Errorf("a write while the day's partition was made: %v", err)
+					return
+				}
+				written.Add(1)
+			}
+		})
+	}
+	time.Sleep(50 * time.Millisecond)
+	err := s.PrepareAuditLog(ctx, base)
+	time.Sleep(50 * time.Millisecond)
+	close(stopWriting)
+	writers.Wait()
+	if err != nil {
 		t.Fatalf("PrepareAuditLog: %v", err)
+	}
+	var inDay int64
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM `+dayPartition(day(0))+` WHERE id LIKE 'evt_w%'`).Scan(&inDay); err != nil {
+		t.Fatal(err)
+	}
+	if inDay != written.Load() || inDay == 0 {
+		t.Errorf("%d records written while day 0's partition was made, %d of them in it", written.Load(), inDay)
 	}
 	var parts []string
 	for d := -1; d <= storage.AuditDaysAhead; d++ {
