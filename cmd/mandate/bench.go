@@ -59,6 +59,9 @@ type benchConfig struct {
 	Timeout     time.Duration
 	JSON        bool
 	PostgresPID int // the postmaster, when it runs on this machine: its tree's CPU is reported
+	// Interval, when set, also reports the measured window in slices of this length, so a
+	// stall (a partition dropped, a checkpoint) shows as one slice's p99 and not as a blur.
+	Interval time.Duration
 }
 
 func parseBenchConfig(args []string, getenv func(string) string, stdout io.Writer) (*benchConfig, error) {
@@ -76,6 +79,7 @@ func parseBenchConfig(args []string, getenv func(string) string, stdout io.Write
 	fe.int(&c.Envelopes, "envelopes", "", 0, "envelopes signed before the clock starts; 0: enough for 5000/s over warmup+duration")
 	fe.duration(&c.Timeout, "timeout", "", 10*time.Second, "per-request timeout")
 	fe.bool(&c.JSON, "json", "", false, "print one JSON object instead of text")
+	fe.duration(&c.Interval, "interval", "", 0, "also report each slice of the measured window this long (rate, p99, max), to see stalls; 0: off")
 	fe.int(&c.PostgresPID, "postgres-pid", "", 0, "the postmaster's pid, when Postgres runs on this machine: report its CPU (and its children's) per exchange (Linux /proc)")
 	if err := fe.parse(args, getenv); err != nil {
 		return nil, err
@@ -93,6 +97,10 @@ func parseBenchConfig(args []string, getenv func(string) string, stdout io.Write
 		return nil, usagef("bench: --timeout must be positive")
 	case c.PostgresPID < 0:
 		return nil, usagef("bench: --postgres-pid must be a process id")
+	case c.Interval < 0 || (c.Interval > 0 && c.Interval < 100*time.Millisecond):
+		return nil, usagef("bench: --interval must be 0 (off) or at least 100ms")
+	case c.Interval > 0 && c.Duration/c.Interval > 10000:
+		return nil, usagef("bench: --interval must cut --duration into at most 10000 slices")
 	}
 	if c.PostgresPID > 0 {
 		if _, err := treeCPU("/proc", c.PostgresPID); err != nil {
@@ -527,6 +535,7 @@ func (b *bench) load(ctx context.Context) *benchResult {
 	measureFrom := begin.Add(cfg.Warmup)
 	measureTo := measureFrom.Add(cfg.Duration)
 	var okAll, errAll, okMeasured, errMeasured atomic.Int64
+	sliced := newSlicedLatencies(cfg.Duration, cfg.Interval)
 
 	workers := make([]*benchWorker, cfg.Concurrency)
 	var wg sync.WaitGroup
@@ -562,6 +571,7 @@ func (b *bench) load(ctx context.Context) *benchResult {
 				if code == "" {
 					okMeasured.Add(1)
 					w.hist.record(t1.Sub(t0).Nanoseconds())
+					sliced.record(t1.Sub(measureFrom), t1.Sub(t0))
 				} else {
 					errMeasured.Add(1)
 					w.errors[code]++
@@ -641,6 +651,7 @@ func (b *bench) load(ctx context.Context) *benchResult {
 	if cfg.PostgresPID > 0 && pgErr == nil && okMeasured.Load() > 0 {
 		res.PostgresCPUPerExchangeUS = math.Round(float64((pgTo - pgFrom).Microseconds()) / float64(okMeasured.Load()))
 	}
+	res.Slices = sliced.summary()
 	res.Envelopes = envelopeStats{Preminted: b.preminted, MintedDuringRun: b.refilled.Load(), Waits: b.starved.Load()}
 	return res
 }
@@ -703,6 +714,7 @@ type benchResult struct {
 	ErrorsByCode map[string]int64  `json:"errors_by_code"`
 	Envelopes    envelopeStats     `json:"envelopes"`
 	GroupCommit  *groupCommitStats `json:"group_commit,omitempty"`
+	Slices       []sliceSummary    `json:"slices,omitempty"` // with --interval
 	// PostgresCPUPerExchangeUS is --postgres-pid's process tree's CPU over the measured
 	// window per successful exchange, in microseconds (resolution 10 ms over the window).
 	PostgresCPUPerExchangeUS float64 `json:"postgres_cpu_us_per_exchange,omitempty"`
@@ -763,6 +775,20 @@ func (r *benchResult) print(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  envelopes   %s signed before the run, %s during it, %s waits for one\n",
 		group(r.Envelopes.Preminted), group(r.Envelopes.MintedDuringRun), group(r.Envelopes.Waits))
+	if len(r.Slices) > 0 {
+		worst := r.Slices[0]
+		for _, sl := range r.Slices {
+			if sl.P99 > worst.P99 {
+				worst = sl
+			}
+		}
+		fmt.Fprintf(w, "  slices      %d of %.3gs; the worst p99 %.2fms (max %.2fms) in the one from %.3gs\n",
+			len(r.Slices), r.Slices[0].LengthS, worst.P99, worst.Max, worst.StartS)
+		for _, sl := range r.Slices {
+			fmt.Fprintf(w, "    %7.1fs  %s/s  p50 %.2fms  p99 %.2fms  max %.2fms\n", sl.StartS,
+				group(int64(math.Round(sl.Rate))), sl.P50, sl.P99, sl.Max)
+		}
+	}
 	if r.PostgresCPUPerExchangeUS > 0 {
 		fmt.Fprintf(w, "  postgres    %.0f µs CPU per exchange (the postmaster and its children, measured window)\n", r.PostgresCPUPerExchangeUS)
 	}
@@ -876,6 +902,68 @@ func group(n int64) string {
 		return "-" + string(out)
 	}
 	return string(out)
+}
+
+// slicedLatencies is --interval's record: a histogram per slice of the measured window,
+// shared by the workers under one lock (a few thousand records a second contend for nothing).
+type slicedLatencies struct {
+	mu     sync.Mutex
+	every  time.Duration
+	slices []*histogram // made on first use: 57 KiB each
+}
+
+func newSlicedLatencies(window, every time.Duration) *slicedLatencies {
+	if every <= 0 {
+		return nil
+	}
+	n := int((window + every - 1) / every)
+	return &slicedLatencies{every: every, slices: make([]*histogram, n)}
+}
+
+// record files a latency by when, since the measured window opened, its answer came.
+func (s *slicedLatencies) record(at, latency time.Duration) {
+	if s == nil || at < 0 {
+		return
+	}
+	i := int(at / s.every)
+	if i >= len(s.slices) {
+		return
+	}
+	s.mu.Lock()
+	if s.slices[i] == nil {
+		s.slices[i] = &histogram{}
+	}
+	s.slices[i].record(latency.Nanoseconds())
+	s.mu.Unlock()
+}
+
+// sliceSummary is one slice of the measured window.
+type sliceSummary struct {
+	StartS    float64 `json:"start_s"`
+	LengthS   float64 `json:"length_s"`
+	Exchanges int64   `json:"exchanges"`
+	Rate      float64 `json:"exchanges_per_s"`
+	P50       float64 `json:"p50_ms"`
+	P99       float64 `json:"p99_ms"`
+	Max       float64 `json:"max_ms"`
+}
+
+func (s *slicedLatencies) summary() []sliceSummary {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]sliceSummary, len(s.slices))
+	for i, h := range s.slices {
+		if h == nil {
+			h = &histogram{}
+		}
+		out[i] = sliceSummary{StartS: (time.Duration(i) * s.every).Seconds(), LengthS: s.every.Seconds(),
+			Exchanges: int64(h.count()), Rate: float64(h.count()) / s.every.Seconds(),
+			P50: ms(h.quantile(0.50)), P99: ms(h.quantile(0.99)), Max: ms(h.max)}
+	}
+	return out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 const benchAdminSecret = "bench-test-admin-secret-0123456789abcdef"
@@ -406,5 +407,38 @@ func TestGroup(t *testing.T) {
 		if got := group(n); got != want {
 			t.Errorf("group(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// --interval's slices: each latency goes to the slice its answer came in, each slice
+// reports its own rate and percentiles, and answers outside the window are not counted.
+func TestSlicedLatencies(t *testing.T) {
+	s := newSlicedLatencies(3*time.Second, time.Second)
+	for i := range 100 {
+		s.record(time.Duration(i)*time.Millisecond, time.Millisecond) // slice 0: 100 × 1 ms
+	}
+	for i := range 99 {
+		s.record(2*time.Second+time.Duration(i)*time.Millisecond, 2*time.Millisecond) // slice 2
+	}
+	s.record(2500*time.Millisecond, 300*time.Millisecond) // slice 2's stall
+	s.record(3*time.Second, time.Hour)                    // after the window
+	s.record(-time.Millisecond, time.Hour)                // before it
+	got := s.summary()
+	if len(got) != 3 {
+		t.Fatalf("%d slices, want 3: %+v", len(got), got)
+	}
+	// Percentiles are bucket edges, at most 1/128 above the value.
+	near := func(got, want float64) bool { return got >= want && got <= want*1.01 }
+	if got[0].Exchanges != 100 || got[0].Rate != 100 || got[0].Max != 1 || got[0].StartS != 0 {
+		t.Errorf("slice 0: %+v", got[0])
+	}
+	if got[1].Exchanges != 0 || got[1].P99 != 0 || got[1].StartS != 1 {
+		t.Errorf("slice 1 (empty): %+v", got[1])
+	}
+	if got[2].Exchanges != 100 || !near(got[2].P50, 2) || !near(got[2].P99, 2) || got[2].Max != 300 {
+		t.Errorf("slice 2: %+v, want p99 2 ms and max 300 ms", got[2])
+	}
+	if newSlicedLatencies(time.Second, 0).summary() != nil {
+		t.Error("without --interval there are slices")
 	}
 }
