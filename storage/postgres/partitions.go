@@ -109,7 +109,10 @@ func (s *Store) PruneAudit(ctx context.Context, before time.Time) (storage.Audit
 	cutoff := storage.AuditDay(before)
 	rows, err := s.pool.Query(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 		WHERE i.inhparent = 'audit_log'::regclass ORDER BY c.relname`)
-	parts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	var parts []string
+	if err == nil {
+		parts, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
 	if err != nil {
 		return out, fmt.Errorf("storage/postgres: list audit partitions: %w", mapErr(err))
 	}
