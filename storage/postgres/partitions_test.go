@@ -2,8 +2,10 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -146,5 +148,66 @@ func TestAuditDayPartitions(t *testing.T) {
 	}
 	for _, id := range []string{"evt_stray", "evt_kept"} {
 		partitionOf(id) // still there
+	}
+}
+
+// A token's lookup reads one day partition, through its token_jti index, whatever the number
+// of days: as a custom plan (pruned when planned) and as the generic plan a pooled
+// connection settles on (pruned when run).
+func TestTokenLookupReadsOnePartition(t *testing.T) {
+	s := openStore(t, Options{})
+	ctx := t.Context()
+	base := storage.AuditDay(time.Now()).AddDate(0, 0, 30)
+	for d := 0; d < 3*storage.AuditDaysAhead; d += storage.AuditDaysAhead {
+		if err := s.PrepareAuditLog(ctx, base.AddDate(0, 0, d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	iat := base.AddDate(0, 0, 5).Add(13 * time.Hour)
+	for _, mode := range []string{"force_custom_plan", "force_generic_plan"} {
+		conn, err := s.pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Release()
+		if _, err := conn.Exec(ctx, `SET plan_cache_mode = `+mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, `PREPARE lookup AS `+getTokenState); err != nil {
+			t.Fatal(err)
+		}
+		var plan string
+		if err := conn.QueryRow(ctx, fmt.Sprintf(`EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF, FORMAT JSON)
+			EXECUTE lookup('at_x', '%s', '%s')`, pgTime(iat), pgTime(iat.Add(time.Second)))).Scan(&plan); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, `DEALLOCATE lookup; RESET plan_cache_mode`); err != nil {
+			t.Fatal(err)
+		}
+		// Relation names of the scans the executor ran (a pruned subplan is not in the plan,
+		// or shows "Subplans Removed"; it has no "Actual Loops" above zero).
+		scanned := map[string]bool{}
+		var walk func(node map[string]any)
+		walk = func(node map[string]any) {
+			if rel, ok := node["Relation Name"].(string); ok && strings.HasPrefix(rel, "audit_log") {
+				if loops, _ := node["Actual Loops"].(float64); loops > 0 {
+					scanned[rel] = true
+				}
+			}
+			if kids, ok := node["Plans"].([]any); ok {
+				for _, k := range kids {
+					walk(k.(map[string]any))
+				}
+			}
+		}
+		var doc []map[string]any
+		if err := json.Unmarshal([]byte(plan), &doc); err != nil {
+			t.Fatal(err)
+		}
+		walk(doc[0]["Plan"].(map[string]any))
+		want := dayPartition(storage.AuditDay(iat))
+		if len(scanned) != 1 || !scanned[want] {
+			t.Errorf("%s: the lookup scanned %v, want only %s\n%s", mode, scanned, want, plan)
+		}
 	}
 }

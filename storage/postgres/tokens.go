@@ -7,12 +7,8 @@ import (
 	"github.com/mandatehq/mandate/storage"
 )
 
-// GetTokenState implements storage.TokenStore: the issuance, its revocation, its grant's and
-// its client's state in one read. The record's time lies in the second of the token's iat,
-// which confines the read to one day partition and one probe of its token_jti index.
-func (s *Store) GetTokenState(ctx context.Context, jti string, iat time.Time) (*storage.TokenState, error) {
-	var t storage.TokenState
-	err := s.db.QueryRow(ctx, `SELECT a.token_jti, a.client_id, a.audience, a.grant_id, a.time,
+// getTokenState reads an issuance by its jti within [iat, iat+1s).
+const getTokenState = `SELECT a.token_jti, a.client_id, a.audience, a.grant_id, a.time,
 		a.token_expires_at, r.revoked_at, g.revoked_at,
 		a.grant_id <> '' AND g.id IS NULL, c.id IS NULL, c.created_at, coalesce(c.disabled, false),
 		c.disabled_at
@@ -21,7 +17,14 @@ func (s *Store) GetTokenState(ctx context.Context, jti string, iat time.Time) (*
 		LEFT JOIN grants g ON a.grant_id <> '' AND g.id = a.grant_id
 		LEFT JOIN clients c ON c.id = a.client_id
 		WHERE a.token_jti = $1 AND a.token_expires_at IS NOT NULL
-			AND a.time >= $2 AND a.time < $3`, jti, ts(iat), ts(iat.Add(time.Second))).Scan(&t.JTI, &t.ClientID,
+			AND a.time >= $2 AND a.time < $3`
+
+// GetTokenState implements storage.TokenStore: the issuance, its revocation, its grant's and
+// its client's state in one read. The record's time lies in the second of the token's iat,
+// which confines the read to one day partition and one probe of its token_jti index.
+func (s *Store) GetTokenState(ctx context.Context, jti string, iat time.Time) (*storage.TokenState, error) {
+	var t storage.TokenState
+	err := s.db.QueryRow(ctx, getTokenState, jti, ts(iat), ts(iat.Add(time.Second))).Scan(&t.JTI, &t.ClientID,
 		&t.Audience, &t.GrantID, timeCol{&t.IssuedAt}, timeCol{&t.ExpiresAt}, timeCol{&t.RevokedAt},
 		timeCol{&t.GrantRevokedAt}, &t.GrantMissing, &t.ClientMissing, timeCol{&t.ClientCreatedAt},
 		&t.ClientDisabled, timeCol{&t.ClientDisabledAt})
