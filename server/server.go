@@ -98,9 +98,11 @@ type Server struct {
 	gcStore storage.Store // the store under a longer deadline: a backlog takes time to delete
 	// auditRetention is Options.AuditRetention resolved; negative: keep every record.
 	auditRetention time.Duration
-	log            *slog.Logger
-	keys           *keys.Manager
-	catalog        *exchange.Catalog
+	// auditMaintained is closed when Run's first audit log maintenance has ended.
+	auditMaintained chan struct{}
+	log             *slog.Logger
+	keys            *keys.Manager
+	catalog         *exchange.Catalog
 	// watching is closed once the change feed is first watched (tests wait for it).
 	watching     chan struct{}
 	watchingOnce sync.Once
@@ -140,7 +142,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	batched := groupcommit.Wrap(o.Store, groupcommit.Options{Observe: func(n int) { m.batches.Observe(float64(n)) }})
 	store := countingStore{Store: deadlineStore{s: batched, timeout: o.DatabaseTimeout}, m: m}
 	s := &Server{store: store, gcStore: deadlineStore{s: o.Store, timeout: gcTimeout}, log: o.Logger, metrics: m, pprof: o.Pprof,
-		watching: make(chan struct{}), auditRetention: o.AuditRetention}
+		watching: make(chan struct{}), auditRetention: o.AuditRetention, auditMaintained: make(chan struct{})}
 	if s.auditRetention == 0 {
 		s.auditRetention = DefaultAuditRetention
 	}
@@ -285,6 +287,7 @@ func (s *Server) Run(ctx context.Context) {
 func (s *Server) maintainAuditLog(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	first := true
 	for {
 		now := time.Now()
 		if err := s.gcStore.PrepareAuditLog(ctx, now); err != nil && ctx.Err() == nil {
@@ -301,6 +304,10 @@ func (s *Server) maintainAuditLog(ctx context.Context, every time.Duration) {
 					"before", storage.AuditDay(before).Format(time.DateOnly),
 					"partitions", pruned.Partitions, "rows", pruned.Rows)
 			}
+		}
+		if first {
+			close(s.auditMaintained)
+			first = false
 		}
 		select {
 		case <-ctx.Done():

@@ -101,31 +101,8 @@ CREATE TABLE audit_log_default PARTITION OF audit_log DEFAULT;
 -- +goose Down
 -- Back to one table, with every record; the live replay keys return to their records.
 ALTER TABLE audit_log RENAME TO audit_log_partitioned;
-CREATE TABLE audit_log (
-    id               text        COLLATE "C" NOT NULL,
-    time             timestamptz NOT NULL,
-    event            text        NOT NULL,
-    outcome          text        NOT NULL,
-    reason           text        NOT NULL DEFAULT '',
-    client_id        text        NOT NULL DEFAULT '',
-    agent_id         text        NOT NULL DEFAULT '',
-    actor_sub        text        NOT NULL DEFAULT '',
-    tenant           text        NOT NULL DEFAULT '',
-    delegation_mode  text        NOT NULL DEFAULT '',
-    trace_id         text        NOT NULL DEFAULT '',
-    session_id       text        NOT NULL DEFAULT '',
-    audience         text        NOT NULL DEFAULT '',
-    requested_scopes text[]      NOT NULL DEFAULT '{}',
-    granted_scopes   text[]      NOT NULL DEFAULT '{}',
-    envelope_jti     text        NOT NULL DEFAULT '',
-    token_jti        text        NOT NULL DEFAULT '',
-    grant_id         text        NOT NULL DEFAULT '',
-    remote_addr      text        NOT NULL DEFAULT '',
-    detail           jsonb,
-    token_expires_at timestamptz,
-    replay_key       text        NOT NULL DEFAULT '',
-    actor_type       text        NOT NULL DEFAULT ''
-);
+CREATE TABLE audit_log (LIKE audit_log_partitioned INCLUDING DEFAULTS);
+ALTER TABLE audit_log ADD COLUMN replay_key text NOT NULL DEFAULT '';
 INSERT INTO audit_log (id, time, event, outcome, reason, client_id, agent_id, actor_sub, tenant,
     delegation_mode, trace_id, session_id, audience, requested_scopes, granted_scopes,
     envelope_jti, token_jti, grant_id, remote_addr, detail, token_expires_at, actor_type)
