@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"time"
 
@@ -47,10 +48,19 @@ func (s *Store) AppendAudit(ctx context.Context, r *storage.AuditRecord) error {
 	})
 }
 
+// auditWindows are how far back, from the page's anchor, ListAudit's successive reads reach:
+// the log is partitioned by day, and a read without a lower time bound would open every
+// partition's index (hundreds, at 400 days) when the first page is nearly always in the
+// newest day. Each read takes the time range below the previous one's, so the records come
+// in order; the last reaches back without bound.
+var auditWindows = []time.Duration{24 * time.Hour, 8 * 24 * time.Hour, 64 * 24 * time.Hour}
+
 // ListAudit implements storage.AuditStore: newest first by (time, id), paged by a keyset
-// cursor on the same pair so the (time DESC, id DESC) indexes serve every page.
+// cursor on the same pair so the (time, id) indexes serve every page. The page is read in
+// widening time windows (auditWindows) until it is full.
 func (s *Store) ListAudit(ctx context.Context, f storage.AuditFilter) ([]storage.AuditRecord, string, error) {
-	var w where
+	var base where
+	anchor := time.Now()
 	if f.Cursor != "" {
 		key, err := storage.DecodeCursor("audit", f.Cursor, 2)
 		if err != nil {
@@ -60,32 +70,65 @@ func (s *Store) ListAudit(ctx context.Context, f storage.AuditFilter) ([]storage
 		if err != nil {
 			return nil, "", storage.ErrBadCursor
 		}
-		w.add("(time, id) < (%s, %s)", time.UnixMicro(us).UTC(), key[1])
+		at := time.UnixMicro(us).UTC()
+		base.add("(time, id) < (%s, %s)", at, key[1])
+		anchor = at
 	}
 	if !f.Since.IsZero() {
-		w.add("time >= %s", ts(f.Since))
+		base.add("time >= %s", ts(f.Since))
 	}
 	if !f.Until.IsZero() {
-		w.add("time < %s", ts(f.Until))
+		base.add("time < %s", ts(f.Until))
+		anchor = minTime(anchor, f.Until)
 	}
-	w.eq("event", f.Event)
-	w.eq("outcome", f.Outcome)
-	w.eq("client_id", f.ClientID)
-	w.eq("actor_sub", f.ActorSub)
-	w.eq("agent_id", f.AgentID)
-	w.eq("tenant", f.Tenant)
-	w.eq("audience", f.Audience)
-	w.eq("trace_id", f.TraceID)
+	base.eq("event", f.Event)
+	base.eq("outcome", f.Outcome)
+	base.eq("client_id", f.ClientID)
+	base.eq("actor_sub", f.ActorSub)
+	base.eq("agent_id", f.AgentID)
+	base.eq("tenant", f.Tenant)
+	base.eq("audience", f.Audience)
+	base.eq("trace_id", f.TraceID)
 	limit := f.EffectiveLimit()
-	sql := `SELECT ` + auditCols + ` FROM audit_log` + w.sql() +
-		` ORDER BY time DESC, id DESC LIMIT ` + w.next(limit+1)
-	rows, err := s.db.Query(ctx, sql, w.args...)
-	items, err := collect(rows, err, scanAudit)
-	if err != nil {
-		return nil, "", err
+
+	var items []storage.AuditRecord
+	var upper time.Time // the previous window's lower bound; zero for the first window
+	for i := 0; i <= len(auditWindows) && len(items) <= limit; i++ {
+		w := where{conds: slices.Clone(base.conds), args: slices.Clone(base.args)}
+		if !upper.IsZero() {
+			w.add("time < %s", ts(upper))
+		}
+		var lower time.Time
+		if i < len(auditWindows) {
+			lower = anchor.Add(-auditWindows[i])
+			if !f.Since.IsZero() && !lower.After(f.Since) {
+				lower = time.Time{} // since bounds this read already, and it is the last
+			} else {
+				w.add("time >= %s", ts(lower))
+			}
+		}
+		sql := `SELECT ` + auditCols + ` FROM audit_log` + w.sql() +
+			` ORDER BY time DESC, id DESC LIMIT ` + w.next(limit+1-len(items))
+		rows, err := s.db.Query(ctx, sql, w.args...)
+		got, err := collect(rows, err, scanAudit)
+		if err != nil {
+			return nil, "", err
+		}
+		items = append(items, got...)
+		if lower.IsZero() {
+			break
+		}
+		upper = lower
 	}
 	items, next := storage.TrimPage(items, limit, func(a *storage.AuditRecord) string {
 		return storage.EncodeCursor("audit", strconv.FormatInt(a.Time.UnixMicro(), 10), a.ID)
 	})
 	return items, next, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }

@@ -15,6 +15,7 @@ var auditCases = []testCase{
 	{"ListPagination", testAuditPagination},
 	{"FullRecordRoundTrip", testAuditRoundTrip},
 	{"PruneRemovesWholeDays", testPruneAudit},
+	{"ListAcrossMonths", testAuditAcrossMonths},
 }
 
 func makeAudit(id string, at time.Time, event, outcome, client, actor, agent, tenant, aud, trace string) *storage.AuditRecord {
@@ -192,5 +193,67 @@ func wantAuditIDs(t *testing.T, s storage.Store, what string, want ...string) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("audit log %s: %v, want %v", what, got, want)
+	}
+}
+
+// A log that spans more than a year (backends may read it in time windows, newest first):
+// every page is in order, none skips or repeats a record, and the filters and bounds hold
+// across the whole span.
+func testAuditAcrossMonths(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	now := testNow()
+	ages := []struct {
+		id, client string
+		age        time.Duration
+	}{
+		{"evt_future", "cli_a", -time.Hour}, // a clock ahead
+		{"evt_now", "cli_b", 0},
+		{"evt_2d", "cli_a", 2 * 24 * time.Hour},
+		{"evt_10d", "cli_b", 10 * 24 * time.Hour},
+		{"evt_100d", "cli_a", 100 * 24 * time.Hour},
+		{"evt_400d", "cli_b", 400 * 24 * time.Hour},
+	}
+	for _, a := range ages {
+		mustDo(t, s.AppendAudit(ctx, makeAudit(a.id, now.Add(-a.age), "admin.test", storage.OutcomeGranted,
+			a.client, "", "", "", "", "")), "AppendAudit "+a.id)
+	}
+	pages := func(f storage.AuditFilter) []string {
+		t.Helper()
+		var ids []string
+		for range 20 {
+			items, next, err := s.ListAudit(ctx, f)
+			mustDo(t, err, "ListAudit")
+			for _, a := range items {
+				ids = append(ids, a.ID)
+			}
+			if next == "" {
+				return ids
+			}
+			f.Cursor = next
+		}
+		t.Fatalf("ListAudit %+v: more than 20 pages", f)
+		return nil
+	}
+	all := []string{"evt_future", "evt_now", "evt_2d", "evt_10d", "evt_100d", "evt_400d"}
+	for _, limit := range []int{1, 2, 4, 50} {
+		if got := pages(storage.AuditFilter{Page: storage.Page{Limit: limit}}); !slices.Equal(got, all) {
+			t.Errorf("pages of %d: %v, want %v", limit, got, all)
+		}
+	}
+	for _, c := range []struct {
+		f    storage.AuditFilter
+		want []string
+	}{
+		{storage.AuditFilter{ClientID: "cli_b", Page: storage.Page{Limit: 1}}, []string{"evt_now", "evt_10d", "evt_400d"}},
+		{storage.AuditFilter{Since: now.Add(-50 * 24 * time.Hour), Page: storage.Page{Limit: 2}},
+			[]string{"evt_future", "evt_now", "evt_2d", "evt_10d"}},
+		{storage.AuditFilter{Until: now.Add(-24 * time.Hour), Page: storage.Page{Limit: 1}},
+			[]string{"evt_2d", "evt_10d", "evt_100d", "evt_400d"}},
+		{storage.AuditFilter{Since: now.Add(-200 * 24 * time.Hour), Until: now.Add(-5 * 24 * time.Hour), ClientID: "cli_a"},
+			[]string{"evt_100d"}},
+	} {
+		if got := pages(c.f); !slices.Equal(got, c.want) {
+			t.Errorf("ListAudit %+v: %v, want %v", c.f, got, c.want)
+		}
 	}
 }
