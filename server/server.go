@@ -88,6 +88,9 @@ const DefaultAuditRetention = 400 * 24 * time.Hour
 // starts does both at once.
 const auditMaintenanceEvery = time.Hour
 
+// auditRetryEvery is how soon a failed preparation of the audit log is tried again.
+const auditRetryEvery = time.Minute
+
 // MaxTokenLifetime bounds every token Mandate issues: a retired signing key stays published
 // this long after its last signature.
 const MaxTokenLifetime = 24 * time.Hour
@@ -285,13 +288,15 @@ func (s *Server) Run(ctx context.Context) {
 // records still land (in the catch-all partition, which the next preparation empties), and
 // removal only waits.
 func (s *Server) maintainAuditLog(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
 	first := true
 	for {
 		now := time.Now()
+		wait := every
 		if err := s.gcStore.PrepareAuditLog(ctx, now); err != nil && ctx.Err() == nil {
-			s.log.Warn("audit log: preparing the days ahead failed", "err", err)
+			// Soon again, not in an hour: a day left without its partition piles its records
+			// up in the catch-all partition, and they all move, under a lock, when it is made.
+			wait = min(every, auditRetryEvery)
+			s.log.Warn("audit log: preparing the days ahead failed", "err", err, "retry_in", wait)
 		}
 		if s.auditRetention > 0 {
 			before := now.Add(-s.auditRetention)
@@ -312,7 +317,7 @@ func (s *Server) maintainAuditLog(ctx context.Context, every time.Duration) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(wait):
 		}
 	}
 }

@@ -50,12 +50,14 @@ func (s *Store) PrepareAuditLog(ctx context.Context, now time.Time) error {
 // landed in audit_log_default move into it first: attaching needs the default free of them,
 // and nothing may be lost.
 //
-// A day that has begun (begun: the maintenance fell behind, or the log is new) may be taking
-// records right now, and an insert routed to audit_log_default before the attach would fail
-// after it. So for such a day the log is locked against writes (SHARE ROW EXCLUSIVE, which
-// waits for the inserts under way) while its records move and the partition attaches: the
-// writes wait a few milliseconds. The lock is waited for attachLockTimeout at most; then this
-// day is left for the next run. Days ahead, the usual case, take no records yet and no lock.
+// A day that has begun (the log is new, or the maintenance fell behind) may be taking
+// records right now, and its records in audit_log_default move: an insert routed to the
+// default partition before the attach would fail after it, and a read planned before the
+// attach would look for a moved record where it no longer is. So for such a day, and for any
+// day whose records sit in the default partition, the log is locked for the few milliseconds
+// of the move and the attach (ACCESS EXCLUSIVE: reads and writes wait, then plan again). The
+// lock is waited for attachLockTimeout at most; then this day is left for the next run. Days
+// ahead, the usual case, take no records yet and no lock.
 func (s *Store) addDayPartition(ctx context.Context, day time.Time, begun bool) error {
 	name := dayPartition(day)
 	from, to := ts(day), ts(day.AddDate(0, 0, 1))
@@ -69,11 +71,18 @@ func (s *Store) addDayPartition(ctx context.Context, day time.Time, begun bool) 
 		if err != nil || exists {
 			return err
 		}
+		if !begun {
+			err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM audit_log_default WHERE time >= $1 AND time < $2)`,
+				from, to).Scan(&begun)
+			if err != nil {
+				return err
+			}
+		}
 		if begun {
 			if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '`+attachLockTimeout+`'`); err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, `LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+			if _, err := tx.Exec(ctx, `LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE`); err != nil {
 				return err
 			}
 		}

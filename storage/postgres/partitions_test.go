@@ -66,11 +66,39 @@ func TestAuditDayPartitions(t *testing.T) {
 			}
 		})
 	}
+	// Readers of a record of that day, committed before: it moves from the default partition
+	// to the day's, and no read may miss it.
+	appendAt("evt_day0", day(0).Add(time.Hour))
+	var missed atomic.Int64
+	for range 4 {
+		writers.Go(func() {
+			for {
+				select {
+				case <-stopWriting:
+					return
+				default:
+				}
+				var n int
+				err := s.pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE time >= $1 AND time < $2 AND id = 'evt_day0'`,
+					day(0), day(1)).Scan(&n)
+				if err != nil {
+					t.Errorf("a read while the day's partition was made: %v", err)
+					return
+				}
+				if n != 1 {
+					missed.Add(1)
+				}
+			}
+		})
+	}
 	time.Sleep(50 * time.Millisecond)
 	err := s.PrepareAuditLog(ctx, base)
 	time.Sleep(50 * time.Millisecond)
 	close(stopWriting)
 	writers.Wait()
+	if missed.Load() > 0 {
+		t.Errorf("%d reads missed a committed record while its day's partition was made", missed.Load())
+	}
 	if err != nil {
 		t.Fatalf("PrepareAuditLog: %v", err)
 	}
