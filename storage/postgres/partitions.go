@@ -66,8 +66,15 @@ func (s *Store) addDayPartition(ctx context.Context, day time.Time, begun bool) 
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('mandate.audit_log.' || current_schema()))`); err != nil {
 			return err
 		}
+		// Made already, or inside audit_log_history's range (it ends at the day after the
+		// upgrade's newest record): asked before any lock, so that the days the history
+		// covers do not lock the log every hour only to find the overlap at the attach.
 		var exists bool
-		err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, name).Scan(&exists)
+		err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL OR EXISTS (
+			SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+			WHERE i.inhparent = 'audit_log'::regclass AND c.relname = 'audit_log_history'
+			AND substring(pg_get_expr(c.relpartbound, c.oid) from 'TO \(''(.*)''\)')::timestamptz > $2)`,
+			name, from).Scan(&exists)
 		if err != nil || exists {
 			return err
 		}
@@ -103,7 +110,7 @@ func (s *Store) addDayPartition(ctx context.Context, day time.Time, begun bool) 
 	})
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == "42P17" { // invalid_object_definition: would overlap
-		return nil // audit_log_history covers the day
+		return nil // another partition covers the day
 	}
 	if err != nil {
 		return fmt.Errorf("storage/postgres: audit partition %s: %w", name, mapErr(err))

@@ -249,3 +249,30 @@ func TestTokenLookupReadsOnePartition(t *testing.T) {
 		}
 	}
 }
+
+// The days audit_log_history covers (on a fresh log, up to today) are left alone before any
+// lock is taken: a reader holding the log does not make preparing them fail or wait.
+func TestPrepareSkipsHistoryDaysWithoutLocking(t *testing.T) {
+	s := openStore(t, Options{})
+	ctx := t.Context()
+	now := time.Now()
+	if err := s.PrepareAuditLog(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `SELECT count(*) FROM audit_log`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PrepareAuditLog(ctx, now); err != nil {
+		t.Errorf("PrepareAuditLog again while a reader holds the log: %v", err)
+	}
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_class WHERE relname = $1`,
+		dayPartition(storage.AuditDay(now).AddDate(0, 0, -1))).Scan(&n); err != nil || n != 0 {
+		t.Errorf("yesterday, inside the history's range, has a table of its own (%d, %v)", n, err)
+	}
+}
