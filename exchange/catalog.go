@@ -16,6 +16,9 @@ import (
 // and the TTL bounds staleness when that feed is down.
 //
 // Grant lookups are cached too, which leaves a granted exchange one round trip (the commit).
+// They are cached per client and tenant while that client's grants there are few (the usual
+// "*" grants an administrator creates): every user of the tenant is then answered from one
+// entry. A client with more (per-user grants from consent, say) is looked up per user.
 // That is safe for revocation because RecordIssuance re-checks, inside the commit, that the
 // grant is still unrevoked: a cached grant can never issue a token after its revocation has
 // committed. What the cache can delay, by at most its TTL on other replicas, is a newly
@@ -32,7 +35,18 @@ type Catalog struct {
 	clients   map[string]cached[*storage.Client]
 	audiences map[string]cached[*storage.Audience]
 	resources map[string]cached[*storage.Audience]
+	pairs     map[pairKey]cached[pairGrants]
 	grants    map[grantKey]cached[[]storage.Grant]
+}
+
+// pairKey names one client's grants in one tenant.
+type pairKey struct{ tenant, client string }
+
+// pairGrants is every grant in force of one client in one tenant, unless there were more
+// than maxPairGrants (many): then they are looked up per user.
+type pairGrants struct {
+	grants []storage.Grant
+	many   bool
 }
 
 // grantKey is a GrantQuery without its time: the cached list is filtered by time on each use.
@@ -48,6 +62,13 @@ type cached[T any] struct {
 // grow it without limit with made-up ids.
 const maxCatalogEntries = 10000
 
+// maxPairGrants and maxPairEntries bound the per-client grant lists: at most 64 grants in
+// each of 1,024 client-and-tenant pairs (each list is a few kilobytes).
+const (
+	maxPairGrants  = 64
+	maxPairEntries = 1024
+)
+
 // NewCatalog returns a Catalog over store. ttl <= 0 disables caching.
 func NewCatalog(store storage.Store, ttl time.Duration, now func() time.Time) *Catalog {
 	if now == nil {
@@ -58,6 +79,7 @@ func NewCatalog(store storage.Store, ttl time.Duration, now func() time.Time) *C
 		clients:   map[string]cached[*storage.Client]{},
 		audiences: map[string]cached[*storage.Audience]{},
 		resources: map[string]cached[*storage.Audience]{},
+		pairs:     map[pairKey]cached[pairGrants]{},
 		grants:    map[grantKey]cached[[]storage.Grant]{},
 	}
 }
@@ -65,25 +87,67 @@ func NewCatalog(store storage.Store, ttl time.Duration, now func() time.Time) *C
 // Client returns the client with id (storage.ErrNotFound when there is none). The record is
 // shared: callers must not modify it.
 func (c *Catalog) Client(ctx context.Context, id string) (*storage.Client, error) {
-	return lookup(c, c.clients, id, func() (*storage.Client, error) { return c.store.GetClient(ctx, id) })
+	return lookup(c, c.clients, maxCatalogEntries, id, func() (*storage.Client, error) { return c.store.GetClient(ctx, id) })
 }
 
 // Audience returns the audience with id.
 func (c *Catalog) Audience(ctx context.Context, id string) (*storage.Audience, error) {
-	return lookup(c, c.audiences, id, func() (*storage.Audience, error) { return c.store.GetAudience(ctx, id) })
+	return lookup(c, c.audiences, maxCatalogEntries, id, func() (*storage.Audience, error) { return c.store.GetAudience(ctx, id) })
 }
 
 // AudienceByResource returns the audience that registered the resource URI.
 func (c *Catalog) AudienceByResource(ctx context.Context, uri string) (*storage.Audience, error) {
-	return lookup(c, c.resources, uri, func() (*storage.Audience, error) { return c.store.GetAudienceByResource(ctx, uri) })
+	return lookup(c, c.resources, maxCatalogEntries, uri, func() (*storage.Audience, error) { return c.store.GetAudienceByResource(ctx, uri) })
 }
 
 // Grants returns the grants in force for q. The list is shared: callers must not modify it.
 func (c *Catalog) Grants(ctx context.Context, q storage.GrantQuery) ([]storage.Grant, error) {
+	all, err := c.candidates(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	// Subject, agent and expiry are checked on every use: a client's list holds every
+	// user's grants, and a cached list never outlives a grant.
+	var live []storage.Grant
+	for i := range all {
+		g := &all[i]
+		if (g.Subject == q.Subject || g.Subject == storage.AnySubject) &&
+			(g.AgentID == "" || g.AgentID == q.AgentID) &&
+			!q.Now.Before(g.NotBefore) && q.Now.Before(g.ExpiresAt) {
+			live = append(live, *g)
+		}
+	}
+	return live, nil
+}
+
+// candidates returns a superset of the grants in force for q: the client's whole list in the
+// tenant while it is short, else the user's own. Grants loaded are those in force at load
+// time: one that starts later waits for the next load, as a new grant does.
+func (c *Catalog) candidates(ctx context.Context, q storage.GrantQuery) ([]storage.Grant, error) {
+	if c.ttl > 0 {
+		pair, err := lookup(c, c.pairs, maxPairEntries, pairKey{q.Tenant, q.ClientID}, func() (pairGrants, error) {
+			g, err := c.store.ActiveGrantsOf(ctx, q.Tenant, q.ClientID, q.Now, maxPairGrants+1)
+			switch {
+			case err != nil:
+				return pairGrants{}, err
+			case len(g) > maxPairGrants:
+				return pairGrants{many: true}, nil
+			case len(g) == 0:
+				return pairGrants{}, storage.ErrNotFound // evicted first, like unknown ids
+			}
+			return pairGrants{grants: g}, nil
+		})
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			return nil, nil
+		case err != nil:
+			return nil, err
+		case !pair.many:
+			return pair.grants, nil
+		}
+	}
 	key := grantKey{q.Tenant, q.Subject, q.ClientID, q.AgentID}
-	all, err := lookup(c, c.grants, key, func() ([]storage.Grant, error) {
-		// Load without the time bound's lower edge moving: grants that start within the TTL
-		// are not returned by the store, so they wait for the next load, as a new grant does.
+	all, err := lookup(c, c.grants, maxCatalogEntries, key, func() ([]storage.Grant, error) {
 		g, err := c.store.FindActiveGrants(ctx, q)
 		if err == nil && len(g) == 0 {
 			// Cached as "not found", so made-up subjects are the first to be evicted.
@@ -94,23 +158,14 @@ func (c *Catalog) Grants(ctx context.Context, q storage.GrantQuery) ([]storage.G
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	// Expiry is re-checked on every use, so a cached list never outlives a grant.
-	var live []storage.Grant
-	for i := range all {
-		if g := &all[i]; !q.Now.Before(g.NotBefore) && q.Now.Before(g.ExpiresAt) {
-			live = append(live, *g)
-		}
-	}
-	return live, nil
+	return all, err
 }
 
 // ForgetGrants drops the cached grant list for q (after a commit found one revoked).
 func (c *Catalog) ForgetGrants(q storage.GrantQuery) {
 	c.mu.Lock()
 	c.gen++
+	delete(c.pairs, pairKey{q.Tenant, q.ClientID})
 	delete(c.grants, grantKey{q.Tenant, q.Subject, q.ClientID, q.AgentID})
 	c.mu.Unlock()
 }
@@ -120,6 +175,7 @@ func (c *Catalog) ForgetGrants(q storage.GrantQuery) {
 func (c *Catalog) ForgetGrantsOf(tenant, subject, client string) {
 	c.mu.Lock()
 	c.gen++
+	delete(c.pairs, pairKey{tenant, client})
 	for k := range c.grants {
 		if k.tenant == tenant && k.client == client && (k.subject == subject || subject == storage.AnySubject) {
 			delete(c.grants, k)
@@ -143,6 +199,7 @@ func (c *Catalog) InvalidateAll() {
 	clear(c.clients)
 	clear(c.audiences)
 	clear(c.resources)
+	clear(c.pairs)
 	clear(c.grants)
 	c.mu.Unlock()
 }
@@ -157,7 +214,9 @@ func (c *Catalog) InvalidateAudiences() {
 	c.mu.Unlock()
 }
 
-func lookup[K comparable, T any](c *Catalog, m map[K]cached[T], key K, load func() (T, error)) (T, error) {
+// lookup returns m's entry for key, loading and caching it (in a map of at most limit
+// entries) when it is missing or expired.
+func lookup[K comparable, T any](c *Catalog, m map[K]cached[T], limit int, key K, load func() (T, error)) (T, error) {
 	now := c.now()
 	var gen uint64
 	if c.ttl > 0 {
@@ -180,8 +239,8 @@ func lookup[K comparable, T any](c *Catalog, m map[K]cached[T], key K, load func
 			c.mu.Unlock()
 			return v, err
 		}
-		if len(m) >= maxCatalogEntries {
-			makeRoom(m, now)
+		if len(m) >= limit {
+			makeRoom(m, limit, now)
 		}
 		m[key] = cached[T]{v: v, err: err, expires: now.Add(c.ttl)}
 		c.mu.Unlock()
@@ -193,14 +252,14 @@ func lookup[K comparable, T any](c *Catalog, m map[K]cached[T], key K, load func
 // real records alone fill it) arbitrary entries down to three quarters. Ids come from
 // requests, so junk can only ever be "not found": a flood of made-up ids evicts itself and
 // never the records the clients in use need.
-func makeRoom[K comparable, T any](m map[K]cached[T], now time.Time) {
+func makeRoom[K comparable, T any](m map[K]cached[T], limit int, now time.Time) {
 	for k, e := range m {
 		if !now.Before(e.expires) || e.err != nil {
 			delete(m, k)
 		}
 	}
 	for k := range m { // map order is arbitrary enough
-		if len(m) < maxCatalogEntries*3/4 {
+		if len(m) < limit*3/4 {
 			break
 		}
 		delete(m, k)

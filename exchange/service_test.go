@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -70,6 +71,11 @@ func (c *countingStore) GetAudienceByResource(ctx context.Context, uri string) (
 func (c *countingStore) FindActiveGrants(ctx context.Context, q storage.GrantQuery) ([]storage.Grant, error) {
 	c.note("FindActiveGrants")
 	return c.Store.FindActiveGrants(ctx, q)
+}
+
+func (c *countingStore) ActiveGrantsOf(ctx context.Context, tenant, clientID string, now time.Time, limit int) ([]storage.Grant, error) {
+	c.note("ActiveGrantsOf")
+	return c.Store.ActiveGrantsOf(ctx, tenant, clientID, now, limit)
 }
 
 func (c *countingStore) GetGrant(ctx context.Context, id string) (*storage.Grant, error) {
@@ -169,14 +175,14 @@ func TestCachedGrantRevokedElsewhereIssuesNothing(t *testing.T) {
 	if e := exchange.AsError(err); e == nil || e.Reason != exchange.ReasonGrantRevoked {
 		t.Fatalf("exchange under a revoked cached grant = %v, want %s", err, exchange.ReasonGrantRevoked)
 	}
-	if got := f.store.take(); !slices.Contains(got, "RecordIssuance") || slices.Contains(got, "FindActiveGrants") {
+	if got := f.store.take(); !slices.Contains(got, "RecordIssuance") || slices.Contains(got, "ActiveGrantsOf") {
 		t.Fatalf("calls %v: the cached grant should have been tried and refused at commit", got)
 	}
 	_, err = f.svc.Exchange(ctx, f.request(env, "orders_api"))
 	if e := exchange.AsError(err); e == nil || e.Reason != exchange.ReasonNoActiveGrant {
 		t.Fatalf("next exchange = %v, want %s from a fresh lookup", err, exchange.ReasonNoActiveGrant)
 	}
-	if got := f.store.take(); !slices.Contains(got, "FindActiveGrants") {
+	if got := f.store.take(); !slices.Contains(got, "ActiveGrantsOf") {
 		t.Fatalf("calls %v: the revoked grant's cached list was not forgotten", got)
 	}
 }
@@ -220,11 +226,14 @@ func TestGrantedExchangeRoundTrips(t *testing.T) {
 	if _, err := f.svc.Exchange(ctx, f.request(f.envelope(t, nil), "orders_api")); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := f.store.take(), []string{"GetAudience", "FindActiveGrants", "RecordIssuance"}; !slices.Equal(got, want) {
+	if got, want := f.store.take(), []string{"GetAudience", "ActiveGrantsOf", "RecordIssuance"}; !slices.Equal(got, want) {
 		t.Errorf("cold: calls %v, want %v", got, want)
 	}
-	for range 3 {
-		res, err := f.svc.Exchange(ctx, f.request(f.envelope(t, nil), "orders_api"))
+	// Other users and agents of the tenant are answered from the client's cached list.
+	for i := range 3 {
+		res, err := f.svc.Exchange(ctx, f.request(f.envelope(t, func(c *envelope.Claims) {
+			c.Actor.Sub, c.Agent.ID = fmt.Sprintf("u%d", i+2), fmt.Sprintf("agent%d", i)
+		}), "orders_api"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -412,5 +421,82 @@ func TestCatalogUnknownIDsDoNotEvictKnownOnes(t *testing.T) {
 	}
 	if calls := f.store.take(); len(calls) != 0 {
 		t.Errorf("after a flood of unknown ids, the known client and audience cost store calls %v: the flood evicted them", calls)
+	}
+}
+
+// Grant matching is the same whether the client's grants in the tenant are few (one cached
+// list serves every user) or many (looked up per user): subject, agent and tenant still
+// decide, and a client with many grants costs one lookup per user, not per exchange.
+func TestGrantMatchingFewOrMany(t *testing.T) {
+	for _, many := range []bool{false, true} {
+		t.Run(fmt.Sprintf("many=%v", many), func(t *testing.T) {
+			f := newFixture(t)
+			f.client.AllowedScopes = append(f.client.AllowedScopes, "billing:read")
+			ctx := context.Background()
+			now := time.Now()
+			grant := func(subject, agent string, audiences ...string) {
+				must(t, f.store.Store.CreateGrant(ctx, &storage.Grant{ID: storage.NewID("grt"), Tenant: "acme", Subject: subject,
+					ClientID: "mcp", AgentID: agent, Audiences: audiences, Scopes: []string{"orders:read", "billing:read"},
+					Modes: []string{envelope.ModeOnBehalfOf}, NotBefore: now.Add(-time.Minute), ExpiresAt: now.Add(time.Hour), CreatedAt: now}))
+			}
+			grant("w", "a1", "billing_api")
+			if many {
+				for i := range 64 { // with the fixture's "*" grant and w's: 66, over the 64 a list holds
+					grant(fmt.Sprintf("filler%d", i), "", "billing_api")
+				}
+			}
+			cases := []struct {
+				sub, agent, tenant, aud string
+				reason                  string // "" means granted
+			}{
+				{"w", "a1", "acme", "billing_api", ""},
+				{"w", "a2", "acme", "billing_api", exchange.ReasonGrantNotCovering},
+				{"x", "a1", "acme", "billing_api", exchange.ReasonGrantNotCovering},
+				{"x", "a1", "acme", "orders_api", ""},
+				{"w", "a1", "globex", "orders_api", exchange.ReasonNoActiveGrant},
+				{"filler3", "a9", "acme", "billing_api", map[bool]string{false: exchange.ReasonGrantNotCovering, true: ""}[many]},
+			}
+			for _, c := range cases {
+				env := f.envelope(t, func(e *envelope.Claims) {
+					e.Actor.Sub, e.Agent.ID, e.Actor.Tenant = c.sub, c.agent, c.tenant
+					e.Authorization.Scopes = []string{"orders:read", "billing:read"}
+				})
+				_, err := f.svc.Exchange(ctx, f.request(env, c.aud))
+				got := ""
+				if err != nil {
+					e := exchange.AsError(err)
+					if e == nil {
+						t.Fatalf("%+v: %v", c, err)
+					}
+					got = e.Reason
+				}
+				if got != c.reason {
+					t.Errorf("%s/%s in %s to %s: reason %q, want %q", c.sub, c.agent, c.tenant, c.aud, got, c.reason)
+				}
+			}
+			// Again for w: with few grants the client's list answers; with many, w's own.
+			f.store.take()
+			if _, err := f.svc.Exchange(ctx, f.request(f.envelope(t, func(e *envelope.Claims) {
+				e.Actor.Sub, e.Agent.ID = "w", "a1"
+				e.Authorization.Scopes = []string{"billing:read"}
+			}), "billing_api")); err != nil {
+				t.Fatal(err)
+			}
+			if got := f.store.take(); !slices.Equal(got, []string{"RecordIssuance"}) {
+				t.Errorf("repeat exchange: calls %v, want only the commit", got)
+			}
+			// A user not seen before: one per-user lookup when there are many, none when few.
+			f.store.take()
+			if _, err := f.svc.Exchange(ctx, f.request(f.envelope(t, func(e *envelope.Claims) { e.Actor.Sub = "newcomer" }), "orders_api")); err != nil {
+				t.Fatal(err)
+			}
+			want := []string{"RecordIssuance"}
+			if many {
+				want = []string{"FindActiveGrants", "RecordIssuance"}
+			}
+			if got := f.store.take(); !slices.Equal(got, want) {
+				t.Errorf("new user: calls %v, want %v", got, want)
+			}
+		})
 	}
 }

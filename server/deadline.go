@@ -190,6 +190,12 @@ func (d deadlineStore) FindActiveGrants(ctx context.Context, q storage.GrantQuer
 	return call1(d, ctx, func(ctx context.Context) ([]storage.Grant, error) { return d.s.FindActiveGrants(ctx, q) })
 }
 
+func (d deadlineStore) ActiveGrantsOf(ctx context.Context, tenant, clientID string, now time.Time, limit int) ([]storage.Grant, error) {
+	return call1(d, ctx, func(ctx context.Context) ([]storage.Grant, error) {
+		return d.s.ActiveGrantsOf(ctx, tenant, clientID, now, limit)
+	})
+}
+
 func (d deadlineStore) RevokeGrantsOfClient(ctx context.Context, clientID, by, reason string, at time.Time) (int64, error) {
 	return call1(d, ctx, func(ctx context.Context) (int64, error) {
 		return d.s.RevokeGrantsOfClient(ctx, clientID, by, reason, at)

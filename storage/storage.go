@@ -321,6 +321,10 @@ type GrantStore interface {
 	// FindActiveGrants returns every grant in force for q: not revoked, NotBefore <= Now <
 	// ExpiresAt, tenant and client equal, subject equal or "*", agent equal or unset.
 	FindActiveGrants(ctx context.Context, q GrantQuery) ([]Grant, error)
+	// ActiveGrantsOf returns the grants in force at now (not revoked, NotBefore <= now <
+	// ExpiresAt) of clientID in tenant, whatever their subject and agent, ordered by id: the
+	// first limit of them (limit > 0).
+	ActiveGrantsOf(ctx context.Context, tenant, clientID string, now time.Time, limit int) ([]Grant, error)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -131,3 +131,13 @@ func (s *Store) FindActiveGrants(ctx context.Context, q storage.GrantQuery) ([]s
 		q.Tenant, q.ClientID, q.Subject, storage.AnySubject, q.AgentID, now)
 	return collect(rows, err, scanGrant)
 }
+
+// ActiveGrantsOf implements storage.GrantStore; grants_tenant_client_subject serves it.
+func (s *Store) ActiveGrantsOf(ctx context.Context, tenant, clientID string, now time.Time, limit int) ([]storage.Grant, error) {
+	rows, err := s.db.Query(ctx, `SELECT `+grantCols+` FROM grants
+		WHERE tenant = $1 AND client_id = $2
+		AND revoked_at IS NULL AND not_before <= $3 AND expires_at > $3
+		ORDER BY id LIMIT $4`,
+		tenant, clientID, ts(now), limit)
+	return collect(rows, err, scanGrant)
+}

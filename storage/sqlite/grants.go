@@ -141,3 +141,17 @@ func (s *Store) FindActiveGrants(ctx context.Context, q storage.GrantQuery) ([]s
 	}
 	return collect(rows, scanGrant)
 }
+
+// ActiveGrantsOf implements storage.GrantStore.
+func (s *Store) ActiveGrantsOf(ctx context.Context, tenant, clientID string, now time.Time, limit int) ([]storage.Grant, error) {
+	at := micros(now)
+	rows, err := s.reader().QueryContext(ctx, `SELECT `+grantCols+` FROM grants
+		WHERE tenant = ? AND client_id = ?
+		AND revoked_at IS NULL AND not_before <= ? AND expires_at > ?
+		ORDER BY id LIMIT ?`,
+		tenant, clientID, at, at, limit)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	return collect(rows, scanGrant)
+}

@@ -319,6 +319,35 @@ func testFindActiveGrants(t *testing.T, s storage.Store) {
 			checkEqual(t, "FindActiveGrants item "+got[i].ID, &got[i], makeGrant(got[i].ID, now, fixtures[got[i].ID]))
 		}
 	}
+
+	// ActiveGrantsOf: every subject and agent of one client in one tenant, by id, up to limit.
+	of := []struct {
+		name           string
+		tenant, client string
+		at             time.Time
+		limit          int
+		want           []string
+	}{
+		{"all of a client", "acme", "cli_1", now, 100,
+			[]string{"g_any_subject", "g_bob_agent_1", "g_exact", "g_other_agent", "g_other_user", "g_same_agent", "g_starts_now"}},
+		{"limited", "acme", "cli_1", now, 3, []string{"g_any_subject", "g_bob_agent_1", "g_exact"}},
+		{"other client", "acme", "cli_2", now, 100, []string{"g_other_client"}},
+		{"other tenant", "globex", "cli_1", now, 100, []string{"g_other_tenant"}},
+		{"unknown tenant", "initech", "cli_1", now, 100, nil},
+		{"a minute on", "acme", "cli_1", now.Add(time.Minute), 100,
+			[]string{"g_any_subject", "g_bob_agent_1", "g_exact", "g_not_yet", "g_other_agent", "g_other_user", "g_same_agent", "g_starts_now"}},
+	}
+	for _, c := range of {
+		got, err := s.ActiveGrantsOf(ctx, c.tenant, c.client, c.at, c.limit)
+		if err != nil {
+			t.Errorf("ActiveGrantsOf %s: %v", c.name, err)
+			continue
+		}
+		wantIDs(t, "ActiveGrantsOf "+c.name, grantIDs(got), c.want) // in id order, unsorted
+		for i := range got {
+			checkEqual(t, "ActiveGrantsOf item "+got[i].ID, &got[i], makeGrant(got[i].ID, now, fixtures[got[i].ID]))
+		}
+	}
 }
 
 func grantIDs(items []storage.Grant) []string {
