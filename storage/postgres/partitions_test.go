@@ -160,8 +160,19 @@ func TestAuditDayPartitions(t *testing.T) {
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// A drop that stopped after its detach left day -1's table behind: the next run drops it.
+	// A drop that stopped after its detach, and after dropping its primary key and one index,
+	// left day -1's table behind: the next run drops the rest.
 	if _, err := s.pool.Exec(ctx, `ALTER TABLE audit_log DETACH PARTITION `+dayPartition(day(-1))); err != nil {
+		t.Fatal(err)
+	}
+	var indexes int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_index WHERE indrelid = $1::regclass`, dayPartition(day(-1))).Scan(&indexes); err != nil || indexes != 6 {
+		t.Fatalf("the detached day has %d indexes (%v), want the log's 6", indexes, err)
+	}
+	if _, err := s.pool.Exec(ctx, `ALTER TABLE `+dayPartition(day(-1))+` DROP CONSTRAINT `+dayPartition(day(-1))+`_pkey`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, `DROP INDEX `+dayPartition(day(-1))+`_trace_id_idx`); err != nil {
 		t.Fatal(err)
 	}
 
