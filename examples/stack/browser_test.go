@@ -63,6 +63,24 @@ func TestConsentInABrowser(t *testing.T) {
 	}
 	link := askLink()
 
+	// Chromium's helper processes can still be writing the profile for a moment after the
+	// browser has exited, which t.TempDir's cleanup reports as a failure: remove it ourselves,
+	// retrying while it is still being written.
+	profile, err := os.MkdirTemp("", "mandate-browser-profile-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			err := os.RemoveAll(profile)
+			if err == nil || time.Now().After(deadline) {
+				if err != nil {
+					t.Logf("browser profile %s left behind: %v", profile, err)
+				}
+				return
+			}
+		}
+	})
 	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(exe),
 		chromedp.Headless, // --headless
@@ -72,7 +90,7 @@ func TestConsentInABrowser(t *testing.T) {
 		chromedp.Flag("disable-component-update", true),
 		chromedp.NoFirstRun,
 		chromedp.NoDefaultBrowserCheck,
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.UserDataDir(profile),
 	)
 	defer cancelAlloc()
 	browser, cancelBrowser := chromedp.NewContext(alloc, chromedp.WithErrorf(t.Logf))
