@@ -63,7 +63,7 @@ type cached[T any] struct {
 const maxCatalogEntries = 10000
 
 // maxPairGrants and maxPairEntries bound the per-client grant lists: at most 64 grants in
-// each of 1,024 client-and-tenant pairs (each list is a few kilobytes).
+// each of 1,024 client-and-tenant pairs (a full list is about 25 KB).
 const (
 	maxPairGrants  = 64
 	maxPairEntries = 1024

@@ -124,8 +124,32 @@ func (s *Store) addDayPartition(ctx context.Context, day time.Time, begun bool) 
 
 // PruneAudit implements storage.AuditStore: drop the day partitions that end by before's
 // day, then delete what older records the other partitions hold, a batch per statement.
+// One replica prunes at a time: a drop takes seconds (its pauses), and replicas that started
+// together would otherwise drop the same indexes and fail on each other's. The others find
+// the lock taken and prune nothing; the next hour's run is theirs if needed.
 func (s *Store) PruneAudit(ctx context.Context, before time.Time) (storage.AuditPruned, error) {
 	var out storage.AuditPruned
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return out, fmt.Errorf("storage/postgres: prune the audit log: %w", mapErr(err))
+	}
+	defer conn.Release()
+	var mine bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('mandate.audit_log.prune.' || current_schema()))`).Scan(&mine); err != nil {
+		return out, fmt.Errorf("storage/postgres: prune the audit log: %w", mapErr(err))
+	}
+	if !mine {
+		return out, nil
+	}
+	defer func() {
+		// Unlocked even when ctx has ended; a connection that cannot say so is closed, which
+		// releases the lock too.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock(hashtext('mandate.audit_log.prune.' || current_schema()))`); err != nil {
+			_ = conn.Conn().Close(uctx)
+		}
+	}()
 	cutoff := storage.AuditDay(before)
 	// The day tables, attached or left detached by a drop that stopped halfway, and the
 	// log's other partitions.

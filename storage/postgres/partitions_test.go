@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/mandatehq/mandate/storage"
 )
 
@@ -140,14 +142,7 @@ func TestAuditDayPartitions(t *testing.T) {
 	}
 
 	// A reader holds the log: the drop gives up after its lock timeout and drops nothing.
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, `SELECT count(*) FROM audit_log`); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdLog(t, s)
 	start := time.Now()
 	pruned, err := s.PruneAudit(ctx, day(1).Add(12*time.Hour))
 	if err != nil {
@@ -270,14 +265,7 @@ func TestPrepareSkipsHistoryDaysWithoutLocking(t *testing.T) {
 	if err := s.PrepareAuditLog(ctx, now); err != nil {
 		t.Fatal(err)
 	}
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, `SELECT count(*) FROM audit_log`); err != nil {
-		t.Fatal(err)
-	}
+	holdLog(t, s)
 	if err := s.PrepareAuditLog(ctx, now); err != nil {
 		t.Errorf("PrepareAuditLog again while a reader holds the log: %v", err)
 	}
@@ -285,5 +273,57 @@ func TestPrepareSkipsHistoryDaysWithoutLocking(t *testing.T) {
 	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_class WHERE relname = $1`,
 		dayPartition(storage.AuditDay(now).AddDate(0, 0, -1))).Scan(&n); err != nil || n != 0 {
 		t.Errorf("yesterday, inside the history's range, has a table of its own (%d, %v)", n, err)
+	}
+}
+
+// holdLog opens a transaction that has read the audit log, so it holds a lock on it until
+// rolled back (by the caller, or at the test's end).
+func holdLog(t *testing.T, s *Store) pgx.Tx {
+	t.Helper()
+	tx, err := s.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(t.Context(), `SELECT count(*) FROM audit_log`); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
+
+// While another replica prunes (it holds the prune lock), PruneAudit drops nothing and says
+// so without an error; once that replica is done, it drops what is due.
+func TestPruneOneReplicaAtATime(t *testing.T) {
+	s := openStore(t, Options{})
+	ctx := t.Context()
+	today := storage.AuditDay(time.Now())
+	if err := s.PrepareAuditLog(ctx, today); err != nil {
+		t.Fatal(err)
+	}
+	other, err := s.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Release()
+	const key = `hashtext('mandate.audit_log.prune.' || current_schema())`
+	if _, err := other.Exec(ctx, `SELECT pg_advisory_lock(`+key+`)`); err != nil {
+		t.Fatal(err)
+	}
+	before := today.AddDate(0, 0, 1).Add(12 * time.Hour) // today's partition is due
+	pruned, err := s.PruneAudit(ctx, before)
+	if err != nil || len(pruned.Partitions) != 0 || pruned.Rows != 0 {
+		t.Fatalf("PruneAudit while another replica prunes: %+v, %v; want nothing, no error", pruned, err)
+	}
+	if _, err := other.Exec(ctx, `SELECT pg_advisory_unlock(`+key+`)`); err != nil {
+		t.Fatal(err)
+	}
+	pruned, err = s.PruneAudit(ctx, before)
+	if want := []string{dayPartition(today)}; err != nil || !slices.Equal(pruned.Partitions, want) {
+		t.Fatalf("PruneAudit after the other replica finished: %+v, %v; want %v", pruned, err, want)
+	}
+	// And it let go of the lock: another session can take it.
+	var free bool
+	if err := other.QueryRow(ctx, `SELECT pg_try_advisory_lock(`+key+`)`).Scan(&free); err != nil || !free {
+		t.Fatalf("the prune lock after PruneAudit: free %v (%v)", free, err)
 	}
 }
